@@ -1,0 +1,179 @@
+"""Training and evaluation of the attribute classifiers (surrogate and target zoo) on Ray Train.
+
+``train_loop`` runs inside each Ray worker; ``train_classifier`` is the driver-side entry point;
+``evaluate`` scores a model on a dataset (accuracy and confusion matrix per attribute).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from invisible_face import distributed
+from invisible_face.data import FaceAttributes
+from invisible_face.models import AttributeClassifier, build_classifier
+
+
+def attribute_sizes(params: dict[str, Any]) -> dict[str, int]:
+    """params.data.attributes -> {attribute: number of classes}."""
+    return {name: len(spec["classes"]) for name, spec in params["data"]["attributes"].items()}
+
+
+def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over attributes of the mean cross-entropy."""
+    return sum(F.cross_entropy(logits[a].float(), labels[a]) for a in logits)
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror each image of B x 3 x H x W with probability 1/2."""
+    flip = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.no_grad()
+def _validate(model: torch.nn.Module, data: FaceAttributes, device: torch.device,
+              batch_size: int) -> dict[str, float]:
+    """Exact global validation loss and accuracy: each worker scores its own strided shard."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    shard = Subset(data, range(rank, len(data), world))
+    names = list(data.attributes)
+    totals = torch.zeros(len(names) + 2, device=device)  # correct per attribute, loss sum, count
+    model.eval()
+    for x, y in DataLoader(shard, batch_size=batch_size):
+        x, y = x.to(device), {a: v.to(device) for a, v in y.items()}
+        with distributed.autocast(device):
+            logits = model(x)
+        for i, a in enumerate(names):
+            totals[i] += (logits[a].argmax(1) == y[a]).sum()
+        totals[-2] += multitask_loss(logits, y) * len(x)
+        totals[-1] += len(x)
+    model.train()
+    totals = distributed.all_reduce_sum(totals).cpu()
+    n = totals[-1].clamp(min=1)
+    metrics = {f"val_acc_{a}": float(totals[i] / n) for i, a in enumerate(names)}
+    metrics["val_acc_mean"] = float(np.mean(list(metrics.values())))
+    metrics["val_loss"] = float(totals[-2] / n)
+    return metrics
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker: DDP training with a checkpoint per epoch, resuming from the last one.
+
+    ``config``: arch, attributes {name: n}, input_size, image_size, manifest, image_dir (absolute),
+    train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, seed, and for the
+    fault-tolerance test only: fail_at_epoch + fail_marker (the worker of rank 1 dies once there).
+    """
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(config["seed"])
+
+    def dataset(splits: list[str]) -> FaceAttributes:
+        return FaceAttributes(config["manifest"], config["image_dir"], splits,
+                              list(config["attributes"]), size=config["image_size"],
+                              limit=config.get("limit"))
+
+    train_data, val_data = dataset(config["train_splits"]), dataset(config["val_splits"])
+    per_worker = max(1, config["batch_size"] // world)
+    loader = ray.train.torch.prepare_data_loader(
+        DataLoader(train_data, batch_size=per_worker, shuffle=True, drop_last=len(train_data) > per_worker * world))
+
+    model = build_classifier(config["arch"], config["attributes"], config["input_size"],
+                             config.get("dropout", 0.0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    epochs = config["epochs"]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config["lr"], total_steps=epochs * len(loader), pct_start=0.15)
+    history: list[dict[str, Any]] = []
+    start = 1
+
+    state = distributed.restore()
+    if state is not None:  # a restarted worker group: continue after the last checkpointed epoch
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, start = state["history"], state["epoch"] + 1
+    model = ray.train.torch.prepare_model(model)
+    resumed_at = start
+
+    for epoch in range(start, epochs + 1):
+        if config.get("fail_at_epoch") == epoch and rank == world - 1 and world > 1:
+            marker = Path(config["fail_marker"])
+            if not marker.exists():
+                marker.write_text(f"worker {rank} died at epoch {epoch}\n")
+                os._exit(1)
+        if world > 1:
+            loader.sampler.set_epoch(epoch)
+        t0, loss_sum, steps = time.time(), 0.0, 0
+        bar = tqdm(loader, desc=f"{config['arch']} epoch {epoch}/{epochs}", disable=rank != 0,
+                   mininterval=10, leave=False)
+        for x, y in bar:
+            if config.get("flip", True):
+                x = random_flip(x)
+            with distributed.autocast(device):
+                loss = multitask_loss(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum, steps = loss_sum + loss.item(), steps + 1
+        train_loss = float(distributed.all_reduce_sum(torch.tensor([loss_sum / max(steps, 1)], device=device))) / world
+        metrics = {"epoch": epoch, "resumed_at": resumed_at, "train_loss": train_loss,
+                   **_validate(model, val_data, device, per_worker * 2),
+                   "epoch_time_s": time.time() - t0}
+        history.append(metrics)
+        inner = model.module if hasattr(model, "module") else model
+        distributed.report(metrics, {"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "epoch": epoch,
+                                     "history": history, "config": config})
+
+
+def train_classifier(config: dict[str, Any], *, name: str, storage_path: str | Path,
+                     scaling: dict[str, Any]) -> tuple[AttributeClassifier, list[dict[str, Any]]]:
+    """Driver: fit ``config`` on Ray Train -> (trained model in eval mode, per-epoch metrics).
+
+    ``scaling``: num_workers, use_gpu, cpus_per_worker, max_failures, keep_checkpoints, num_cpus
+    (keys of ``distributed.fit``).
+    """
+    result = distributed.fit(train_loop, config, name=name, storage_path=storage_path, **scaling)
+    if result.error is not None:
+        raise RuntimeError(f"training {name} failed") from result.error
+    state = distributed.load_state(result.checkpoint)
+    model = build_classifier(config["arch"], config["attributes"], config["input_size"],
+                             config.get("dropout", 0.0))
+    model.load_state_dict(state["model"])
+    return model.eval(), state["history"]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: FaceAttributes, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Predicted class per attribute, {attribute: N int array}."""
+    model.eval()
+    preds: dict[str, list[np.ndarray]] = {a: [] for a in data.attributes}
+    for x, _ in DataLoader(data, batch_size=batch_size):
+        for a, logits in model(x).items():
+            preds[a].append(logits.argmax(1).numpy())
+    return {a: np.concatenate(p) for a, p in preds.items()}
+
+
+def evaluate(model: torch.nn.Module, data: FaceAttributes, n_classes: dict[str, int],
+             batch_size: int = 256) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """-> ({attribute: accuracy}, {attribute: n x n confusion matrix, rows true, columns predicted})."""
+    preds = predict(model, data, batch_size)
+    accuracy, confusion = {}, {}
+    for a, p in preds.items():
+        y, n = data.labels[a].numpy(), n_classes[a]
+        accuracy[a] = float((p == y).mean())
+        confusion[a] = np.bincount(y * n + p, minlength=n * n).reshape(n, n)
+    return accuracy, confusion

@@ -1,0 +1,29 @@
+"""``invisible-face`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="invisible-face", description="Invisible-Face tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="copy your own UTKFace images into data/ as a new DVC version")
+    ingest.add_argument("source", help="folder holding UTKFace *.jpg.chip.jpg files (searched recursively)")
+    ingest.add_argument("--repo", default=".", help="project root (default: current directory)")
+    ingest.add_argument("--replace", action="store_true", help="remove the current data/utkface first")
+
+    args = parser.parse_args(argv)
+    if args.command == "ingest":
+        from invisible_face.ingest import ingest_folder
+
+        count = ingest_folder(args.source, args.repo, args.replace)
+        print(f"ingested {count} images into data/utkface; next: git add data.dvc && git commit, "
+              "then dvc push -r <your remote>")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
