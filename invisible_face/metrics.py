@@ -1,0 +1,50 @@
+"""Evaluation metrics (paper VI-F; DESIGN.md decision 10). Images are B x 3 x H x W in [0, 1]."""
+
+from __future__ import annotations
+
+import kornia
+import torch
+
+
+def fooled_all(predictions: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """B bool: every attribute's prediction differs from its true label."""
+    return torch.stack([predictions[k] != labels[k] for k in labels]).all(0)
+
+
+def mosr(predictions: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> float:
+    """Eq. 21: share of images whose attributes are all mis-predicted after protection."""
+    return fooled_all(predictions, labels).float().mean().item()
+
+
+def mosr_correct(clean_predictions: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor],
+                 labels: dict[str, torch.Tensor]) -> float:
+    """MOSR over the images whose attributes were all predicted right before protection (NaN if none)."""
+    right = torch.stack([clean_predictions[k] == labels[k] for k in labels]).all(0)
+    if not right.any():
+        return float("nan")
+    return fooled_all(predictions, labels)[right].float().mean().item()
+
+
+def ssim(clean: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (11 x 11 Gaussian window). -> B."""
+    return kornia.metrics.ssim(clean, protected, window_size=11, max_val=1.0).flatten(1).mean(1)
+
+
+def psnr(clean: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB; +inf for identical images. -> B."""
+    mse = (clean - protected).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def naturalness(ssim_value: float, psnr_value: float) -> float:
+    """S_nat = 0.5 SSIM + 0.5 PSNR*, PSNR* = clip((PSNR - 10) / 40, 0, 1) (DESIGN.md decision 10)."""
+    psnr_star = min(max((psnr_value - 10) / 40, 0.0), 1.0)
+    return 0.5 * ssim_value + 0.5 * psnr_star
+
+
+def h_pn(mosr_value: float, ssim_value: float, psnr_value: float) -> float:
+    """Eq. 22: harmonic mean of MOSR and S_nat (0 when either is 0)."""
+    s_nat = naturalness(ssim_value, psnr_value)
+    if mosr_value <= 0 or s_nat <= 0:
+        return 0.0
+    return 2 / (1 / mosr_value + 1 / s_nat)
