@@ -15,7 +15,18 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--repo", default=".", help="project root (default: current directory)")
     ingest.add_argument("--replace", action="store_true", help="remove the current data/utkface first")
 
+    protect = sub.add_parser("protect", help="protect the faces in photos")
+    protect.add_argument("inputs", nargs="+", help="image files or folders")
+    protect.add_argument("--out", required=True, help="output folder (file names and formats are kept)")
+    protect.add_argument("--model", default="artifacts/train/protector", help="protector export (stem or .json)")
+    protect.add_argument("--aligned", action="store_true", help="each image is one aligned face crop")
+    protect.add_argument("--report", help="write a JSON report of every file here")
+
     args = parser.parse_args(argv)
+    if args.command == "protect":
+        from invisible_face.batch import protect_files
+
+        return protect_files(args.inputs, args.out, args.model, args.aligned, args.report)
     if args.command == "ingest":
         from invisible_face.ingest import ingest_folder
 

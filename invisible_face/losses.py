@@ -32,15 +32,16 @@ def perturbation_loss(perturbation: torch.Tensor) -> torch.Tensor:
     return perturbation.flatten(1).norm(dim=1).mean()
 
 
-def total_variation(image: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Eq. 15, isotropic TV averaged over pixels. B x C x H x W -> scalar.
+def total_variation(image: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Eq. 15, isotropic TV summed over pixels and channels, averaged over the batch.
+    B x C x H x W -> scalar.
 
     kornia's ``total_variation`` is the anisotropic (L1) form; Eq. 15 takes the square root of
-    the summed squared differences, which is what this computes.
+    the summed squared differences, which is what this computes (``eps`` keeps its gradient finite).
     """
     dx = image[..., :-1, 1:] - image[..., :-1, :-1]
     dy = image[..., 1:, :-1] - image[..., :-1, :-1]
-    return torch.sqrt(dx**2 + dy**2 + eps).mean()
+    return torch.sqrt(dx**2 + dy**2 + eps).flatten(1).sum(1).mean()
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:

@@ -1,0 +1,92 @@
+"""train stage: LD-MAN on Ray Train, then the self-contained protector export.
+
+Outputs (artifacts/train/): generator.pt, protector.safetensors + protector.json (the export the
+CLI and the Serve app load), history.csv (per epoch, a DVC plot), grid.png (before / after /
+perturbation x10 on validation chips), metrics.json. One MLflow run in the experiment "ldman".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from invisible_face.classifiers import attribute_sizes
+from invisible_face.data import FaceAttributes
+from invisible_face.ldman_training import ProtectionSet, protect_chips, train_ldman
+from invisible_face.directions import directional_perturbation
+from invisible_face.models import load_classifier
+from invisible_face.params import load_params
+from invisible_face.protector import export_protector, protection_grid
+from invisible_face.tracking import run_tags, setup_mlflow
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--weights", default=None, help="JSON file with tuned loss_weights and beta (tune stage)")
+    parser.add_argument("--out", default="artifacts/train")
+    parser.add_argument("--run-name", default="ldman")
+    args = parser.parse_args()
+
+    cfg = load_params(args.params)
+    lcfg = dict(cfg["ldman"])
+    if args.weights:
+        lcfg.update(json.loads(Path(args.weights).read_text()))
+    art = Path("artifacts").resolve()
+    surrogate_path = art / "classifiers/models" / f"{cfg['classifiers']['surrogate']['name']}.pt"
+    config = {
+        **lcfg, "seed": cfg["seed"], "attributes": attribute_sizes(cfg),
+        "manifest": str(art / "validate/manifest.csv"), "image_dir": str(Path(cfg["data"]["image_dir"]).resolve()),
+        "surrogate": str(surrogate_path), "rp": str(art / "denoiser/rp.pt"), "rp_width": cfg["denoiser"]["width"],
+        "regions": str(art / "regions/regions.npz"), "directions": str(art / "directions/directions.npz"),
+        "n_neighbours": cfg["directions"]["n_neighbours"],
+        "neighbourhood_radius": cfg["directions"]["neighbourhood_radius"],
+    }
+    scaling = {k: lcfg[k] for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints")}
+    setup_mlflow("ldman")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(run_name=args.run_name, tags=run_tags()) as run:
+        mlflow.log_params({k: v for k, v in lcfg.items()})
+        generator, history = train_ldman(config, name=f"{args.run_name}-{run.info.run_id[:8]}",
+                                         storage_path=Path(cfg["classifiers"]["storage_path"]).resolve(),
+                                         scaling=scaling)
+        step = 0
+        for epoch in history:
+            for s in epoch["steps"]:
+                mlflow.log_metrics({f"step_{k}": v for k, v in s.items()}, step=step)
+                step += 1
+            mlflow.log_metrics({k: v for k, v in epoch.items() if k not in ("steps", "epoch")}, step=epoch["epoch"])
+        pd.DataFrame([{k: v for k, v in e.items() if k != "steps"} for e in history]).to_csv(out / "history.csv", index=False)
+
+        surrogate = load_classifier(surrogate_path)
+        regions = dict(np.load(config["regions"]))
+        val = ProtectionSet(FaceAttributes(config["manifest"], config["image_dir"], ["val"], list(config["attributes"]),
+                                           size=lcfg["image_size"], limit=8), regions, None)
+        images = torch.stack([val[i][0] for i in range(len(val))])
+        labels = {k: torch.stack([val[i][1][k] for i in range(len(val))]) for k in config["attributes"]}
+        eps_d = directional_perturbation(surrogate, images, labels, config["n_neighbours"],
+                                         config["neighbourhood_radius"]) if lcfg["use_dp"] else None
+        with torch.no_grad():
+            protected, _, _ = protect_chips(generator, images, val.rects, eps_d, lcfg)
+        protection_grid(images, protected, out / "grid.png")
+        mlflow.log_artifact(str(out / "grid.png"))
+
+        torch.save(generator.state_dict(), out / "generator.pt")
+        export_protector(out / "protector", generator, surrogate, cfg)
+        last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k == "epoch_time_s"}
+        (out / "metrics.json").write_text(json.dumps(last, indent=2))
+        mlflow.log_artifact(str(out / "protector.safetensors"), "protector")
+        mlflow.log_artifact(str(out / "protector.json"), "protector")
+    print(json.dumps(last, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""The protector: one inference object for the CLI, the evaluation and the Serve app.
+
+photo -> detect faces -> landmarks -> per face: square crop at the face's own resolution,
+region (Algorithm 1), eps_d (Algorithm 2, the N neighbours in one batch), G over a window around
+the region, paste back -> protected photo + a record per face.
+
+The export is ``<stem>.safetensors`` (generator and surrogate tensors) + ``<stem>.json`` (a plain
+config): loading it never unpickles anything, so a tampered file cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from invisible_face.directions import directional_perturbation
+from invisible_face.ldman import Generator, apply_perturbation, local_perturbation, region_window
+from invisible_face.landmarks import Face, make_backend
+from invisible_face.models import AttributeClassifier, build_classifier
+from invisible_face.regions import rect_masks, select_region
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FaceRecord:
+    """What the protector did to one face (pixel coordinates in the photo)."""
+
+    box: list[float]
+    region: list[float]
+    detected: bool
+    score: float
+    ms: float
+    predicted_before: dict[str, int] = field(default_factory=dict)
+    predicted_after: dict[str, int] = field(default_factory=dict)
+
+
+def export_protector(stem: str | Path, generator: Generator, surrogate: AttributeClassifier, cfg: dict[str, Any]) -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` from trained networks and the params."""
+    stem = Path(stem)
+    tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    tensors.update({f"surrogate.{k}": v.detach().cpu().contiguous() for k, v in surrogate.state_dict().items()})
+    lcfg = cfg["ldman"]
+    config = {
+        "format_version": FORMAT_VERSION,
+        "generator": {"epsilon": lcfg["epsilon"], "width": lcfg["g_width"], "blocks": lcfg["g_blocks"]},
+        "surrogate": surrogate.config(),
+        "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
+        "protect": {k: lcfg[k] for k in ("epsilon", "beta", "window", "use_dp", "image_size")},
+        "directions": {k: cfg["directions"][k] for k in ("n_neighbours", "neighbourhood_radius")},
+        "regions": {k: cfg["regions"][k] for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
+        "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": cfg["protector"]["upsample"],
+                      "fallback_box": cfg["landmarks"]["fallback_box"]},
+        "face_margin": cfg["protector"]["face_margin"],
+        "seed": cfg["seed"],
+    }
+    save_file(tensors, str(stem.with_suffix(".safetensors")))
+    stem.with_suffix(".json").write_text(json.dumps(config, indent=2))
+    return stem
+
+
+class Protector:
+    """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops."""
+
+    def __init__(self, config: dict[str, Any], generator: Generator, surrogate: AttributeClassifier) -> None:
+        self.config, self.generator, self.surrogate = config, generator.eval(), surrogate.eval()
+        self.generator.requires_grad_(False)
+        self.surrogate.requires_grad_(False)
+        self.landmarks = make_backend(config["landmarks"]["backend"], config["landmarks"]["upsample_photo"])
+        self.rng = np.random.default_rng(config["seed"])
+
+    @classmethod
+    def load(cls, stem: str | Path) -> "Protector":
+        stem = Path(stem)
+        if stem.suffix in (".json", ".safetensors"):
+            stem = stem.with_suffix("")
+        config = json.loads(stem.with_suffix(".json").read_text())
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{stem}: unsupported protector format {config.get('format_version')!r}")
+        tensors = load_file(str(stem.with_suffix(".safetensors")))
+        g = Generator(**config["generator"])
+        g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
+        s = config["surrogate"]
+        surrogate = build_classifier(s["arch"], s["attributes"], s["input_size"], s.get("dropout", 0.0))
+        surrogate.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("surrogate.")})
+        return cls(config, g, surrogate)
+
+    # ------------------------------------------------------------------ one face
+
+    def _predict(self, x: torch.Tensor) -> dict[str, int]:
+        with torch.no_grad():
+            return {k: int(v.argmax(1)) for k, v in self.surrogate(x[None]).items()}
+
+    def protect_face(self, crop: torch.Tensor, points: np.ndarray) -> tuple[torch.Tensor, tuple[float, ...], dict, dict]:
+        """crop: 3 x H x W in [0, 1] (the face at its own resolution); points: 68 x 2 in crop pixels.
+        -> (protected crop, region rect in crop pixels, predictions before, after)."""
+        pcfg = self.config["protect"]
+        _, h, w = crop.shape
+        region = select_region(self.surrogate, crop, points, self.config["regions"], self.rng)
+        rect = torch.tensor([region.rect])
+        before = self._predict(crop)
+        eps_d = None
+        if pcfg["use_dp"]:
+            labels = {k: torch.tensor([v]) for k, v in before.items()}  # the model's own calls stand in for labels
+            eps_d = directional_perturbation(self.surrogate, crop[None], labels, self.config["directions"]["n_neighbours"],
+                                             self.config["directions"]["neighbourhood_radius"])
+        # G's window: the training window scaled to this crop's size, never smaller than the region
+        scale = min(h, w) / pcfg["image_size"]
+        size = int(min(h, w, max(round(pcfg["window"] * scale), region.rect[2] - region.rect[0] + 1,
+                                  region.rect[3] - region.rect[1] + 1)))
+        left, top = region_window(rect, size, h, w)[0].tolist()
+        win = crop[None, :, top:top + size, left:left + size]
+        mask = rect_masks(rect, h, w)[:, :, top:top + size, left:left + size]
+        d = eps_d[:, :, top:top + size, left:left + size] if eps_d is not None else None
+        with torch.no_grad():
+            eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
+        protected = crop.clone()
+        protected[:, top:top + size, left:left + size] = apply_perturbation(win, eps_l)[0]
+        return protected, region.rect, before, self._predict(protected)
+
+    # ------------------------------------------------------------------ photos
+
+    def face_crop_box(self, face: Face, height: int, width: int) -> tuple[int, int, int, int]:
+        """Square box around a detected face, enlarged like the training chips, inside the photo."""
+        x0, y0, x1, y1 = face.box
+        side = max(x1 - x0, y1 - y0) * (1 + 2 * self.config["face_margin"])
+        side = int(min(side, height, width))
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        left = int(np.clip(round(cx - side / 2), 0, width - side))
+        top = int(np.clip(round(cy - side / 2), 0, height - side))
+        return left, top, left + side, top + side
+
+    def protect(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRecord]]:
+        """Protect every face of an RGB uint8 H x W x 3 photo. No face: the photo comes back unchanged."""
+        h, w = image.shape[:2]
+        out = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        records = []
+        for face in self.landmarks.detect(image):
+            t0 = time.perf_counter()
+            left, top, right, bottom = self.face_crop_box(face, h, w)
+            crop = out[:, top:bottom, left:right]
+            points = face.points - np.array([left, top], dtype=np.float32)
+            protected, rect, before, after = self.protect_face(crop, points)
+            out[:, top:bottom, left:right] = protected
+            records.append(FaceRecord(
+                box=[float(v) for v in face.box],
+                region=[rect[0] + left, rect[1] + top, rect[2] + left, rect[3] + top],
+                detected=True, score=face.score, ms=1000 * (time.perf_counter() - t0),
+                predicted_before=before, predicted_after=after))
+        return to_uint8(out), records
+
+    def protect_chip(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRecord]]:
+        """Protect an aligned face crop as one face (``--aligned``): no photo-level detection."""
+        t0 = time.perf_counter()
+        face = self.landmarks.chip(image, tuple(self.config["landmarks"]["fallback_box"]))
+        crop = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        protected, rect, before, after = self.protect_face(crop, face.points)
+        record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
+                            score=face.score, ms=1000 * (time.perf_counter() - t0),
+                            predicted_before=before, predicted_after=after)
+        return to_uint8(protected), [record]
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """3 x H x W in [0, 1] -> H x W x 3 uint8 (rounded, so +-eps survives quantisation)."""
+    return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def records_as_dicts(records: list[FaceRecord]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in records]
+
+
+def protection_grid(clean: torch.Tensor, protected: torch.Tensor, path: str | Path, amplify: float = 10.0) -> None:
+    """PNG grid: rows of clean, protected, and |perturbation| x ``amplify`` (B x 3 x H x W each)."""
+    import torchvision
+
+    perturbation = ((protected - clean).abs() * amplify).clamp(0, 1)
+    grid = torchvision.utils.make_grid(torch.cat([clean, protected, perturbation]), nrow=len(clean), padding=2)
+    torchvision.utils.save_image(grid, str(path))
