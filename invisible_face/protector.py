@@ -74,7 +74,6 @@ class Protector:
         self.generator.requires_grad_(False)
         self.surrogate.requires_grad_(False)
         self.landmarks = make_backend(config["landmarks"]["backend"], config["landmarks"]["upsample_photo"])
-        self.rng = np.random.default_rng(config["seed"])
 
     @classmethod
     def load(cls, stem: str | Path) -> "Protector":
@@ -103,14 +102,17 @@ class Protector:
         -> (protected crop, region rect in crop pixels, predictions before, after)."""
         pcfg = self.config["protect"]
         _, h, w = crop.shape
-        region = select_region(self.surrogate, crop, points, self.config["regions"], self.rng)
+        # seeded per face, so the same photo always gets the same protection
+        region = select_region(self.surrogate, crop, points, self.config["regions"],
+                               np.random.default_rng(self.config["seed"]))
         rect = torch.tensor([region.rect])
         before = self._predict(crop)
         eps_d = None
         if pcfg["use_dp"]:
             labels = {k: torch.tensor([v]) for k, v in before.items()}  # the model's own calls stand in for labels
             eps_d = directional_perturbation(self.surrogate, crop[None], labels, self.config["directions"]["n_neighbours"],
-                                             self.config["directions"]["neighbourhood_radius"])
+                                             self.config["directions"]["neighbourhood_radius"],
+                                             torch.Generator().manual_seed(self.config["seed"]))
         # G's window: the training window scaled to this crop's size, never smaller than the region
         scale = min(h, w) / pcfg["image_size"]
         size = int(min(h, w, max(round(pcfg["window"] * scale), region.rect[2] - region.rect[0] + 1,

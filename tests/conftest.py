@@ -59,3 +59,31 @@ def small_cfg(params: dict, chip_folder: Path) -> dict:
     cfg["validate"]["max_bad_share"] = 0.2
     cfg["validate"]["class_share_bounds"] = [0.0, 1.0]
     return cfg
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for every test that trains (2 CPUs: two 1-CPU workers)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_protector(tmp_path_factory, params) -> Path:
+    """An export of untrained networks (fast): for I/O behaviour, never for protection quality."""
+    import torch
+
+    from invisible_face.ldman import Generator
+    from invisible_face.models import build_classifier
+    from invisible_face.protector import export_protector
+
+    torch.manual_seed(0)
+    surrogate = build_classifier("resnet18", {"gender": 2, "age_bin": 5, "race": 5}, input_size=32).eval()
+    cfg = copy.deepcopy(params)
+    generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
+    cfg["ldman"].update(g_width=8, g_blocks=1)
+    return export_protector(tmp_path_factory.mktemp("export") / "protector", generator, surrogate, cfg)

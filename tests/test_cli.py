@@ -1,0 +1,68 @@
+"""``invisible-face protect`` on the real photos of ../shared/photos."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+from PIL import Image
+
+from conftest import SHARED
+from invisible_face.cli import main
+
+PHOTOS = SHARED / "photos"
+
+
+def test_protect_photos_folder(tmp_path, tiny_protector):
+    inputs = tmp_path / "in"
+    shutil.copytree(PHOTOS, inputs)
+    for name in ("obama-1080p.jpg", "biden.jpg"):  # large; their faces are covered by obama.jpg
+        (inputs / name).unlink()
+    (inputs / "notes.jpg").write_text("not an image at all")
+    # a JPEG with EXIF (GPS included) and a rotation flag
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}
+    Image.open(PHOTOS / "obama.jpg").rotate(90, expand=True).save(inputs / "rotated_gps.jpg", exif=exif)
+
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    code = main(["protect", str(inputs), "--out", str(out), "--model", str(tiny_protector), "--report", str(report)])
+    rows = {r["file"].split("/")[-1]: r for r in json.loads(report.read_text())}
+    assert code == 1  # one file is not an image
+    assert rows["notes.jpg"]["status"] == "error" and "not a readable image" in rows["notes.jpg"]["reason"]
+    assert len(rows["kit_with_rose.jpg"]["faces"]) == 2
+    assert len(rows["obama_and_biden.jpg"]["faces"]) == 3
+    for name in ("obama.jpg", "kit_with_rose.jpg", "32bit.png", "obama_partial_face.jpg", "rotated_gps.jpg"):
+        assert rows[name]["status"] == "protected", (name, rows[name])
+        assert (out / name).exists()
+
+    png = Image.open(out / "32bit.png")
+    assert png.format == "PNG" and png.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(png)[:, :, 3], np.asarray(Image.open(PHOTOS / "32bit.png"))[:, :, 3])
+    rotated = Image.open(out / "rotated_gps.jpg")
+    assert rotated.format == "JPEG" and not rotated.getexif() and "exif" not in rotated.info
+    assert rotated.size == Image.open(PHOTOS / "obama.jpg").size  # the EXIF rotation was applied
+    original = np.asarray(Image.open(PHOTOS / "obama.jpg").convert("RGB")).astype(int)
+    protected = np.asarray(Image.open(out / "obama.jpg").convert("RGB")).astype(int)
+    assert protected.shape == original.shape and np.abs(protected - original).mean() < 3
+
+
+def test_no_face_keeps_the_photo_and_says_so(tmp_path, tiny_protector):
+    Image.fromarray(np.full((120, 160, 3), 200, np.uint8)).save(tmp_path / "wall.png")
+    report = tmp_path / "r.json"
+    code = main(["protect", str(tmp_path / "wall.png"), "--out", str(tmp_path / "o"), "--model",
+                 str(tiny_protector), "--report", str(report)])
+    row = json.loads(report.read_text())[0]
+    assert code == 1 and row["status"] == "no_face" and row["faces"] == []
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o/wall.png")), np.full((120, 160, 3), 200))
+
+
+def test_aligned_chip_and_installed_entry_point(tmp_path, tiny_protector, chip_folder):
+    chip = next(chip_folder.glob("25_*.jpg"))
+    result = subprocess.run(["invisible-face", "protect", str(chip), "--aligned", "--out", str(tmp_path),
+                             "--model", str(tiny_protector), "--report", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads((tmp_path / "r.json").read_text())[0]
+    assert row["status"] == "protected" and len(row["faces"]) == 1
+    assert Image.open(tmp_path / chip.name).size == (200, 200)
