@@ -42,7 +42,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 def fit(train_fn: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str,
         storage_path: str | Path, num_workers: int = 2, use_gpu: bool = False,
         cpus_per_worker: float = 1, max_failures: int = 0, keep_checkpoints: int = 2,
-        num_cpus: int | None = None) -> ray.train.Result:
+        num_cpus: int | None = None, callbacks: list | None = None) -> ray.train.Result:
     """Run ``train_fn(config)`` on ``num_workers`` DDP workers and return the Ray ``Result``.
 
     A run with the same ``name`` under ``storage_path`` resumes from its latest checkpoint
@@ -60,6 +60,7 @@ def fit(train_fn: Callable[[dict[str, Any]], None], config: dict[str, Any], *, n
             storage_path=str(Path(storage_path).resolve()),
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=callbacks,  # e.g. Tune's TuneReportCallback when run inside a trial
         ),
     )
     return trainer.fit()

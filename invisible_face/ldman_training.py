@@ -50,7 +50,7 @@ from invisible_face.losses import (
     perturbation_loss,
     total_variation,
 )
-from invisible_face.metrics import fooled_all, psnr, ssim
+from invisible_face.metrics import fooled_all, h_pn, psnr, ssim
 from invisible_face.models import AttributeClassifier, load_classifier
 from invisible_face.regions import rect_masks
 
@@ -162,8 +162,10 @@ def validate_protection(generator: Generator, surrogate: AttributeClassifier, da
         psnrs.append(psnr(images, x_adv))
     generator.train()
     p = torch.cat(psnrs)
-    return {"val_mosr": torch.cat(fooled).float().mean().item(), "val_ssim": torch.cat(ssims).mean().item(),
-            "val_psnr": p[torch.isfinite(p)].mean().item()}
+    out = {"val_mosr": torch.cat(fooled).float().mean().item(), "val_ssim": torch.cat(ssims).mean().item(),
+           "val_psnr": p[torch.isfinite(p)].mean().item()}
+    out["val_hpn"] = h_pn(out["val_mosr"], out["val_ssim"], out["val_psnr"])
+    return out
 
 
 def _load_npz(path: str | None) -> dict[str, np.ndarray] | None:
@@ -264,3 +266,25 @@ def train_ldman(config: dict[str, Any], *, name: str, storage_path: str | Path,
     generator = Generator(config["epsilon"], config["g_width"], config["g_blocks"])
     generator.load_state_dict(state["generator"])
     return generator.eval(), state["history"]
+
+
+def ldman_config(cfg: dict[str, Any], artifacts: str | Path = "artifacts") -> dict[str, Any]:
+    """The worker config from params: the ``ldman`` section plus absolute paths of its inputs
+    (Ray workers change directory) and the settings it shares with other stages."""
+    from invisible_face.classifiers import attribute_sizes
+
+    art = Path(artifacts).resolve()
+    return {
+        **cfg["ldman"], "seed": cfg["seed"], "attributes": attribute_sizes(cfg),
+        "manifest": str(art / "validate/manifest.csv"), "image_dir": str(Path(cfg["data"]["image_dir"]).resolve()),
+        "surrogate": str(art / "classifiers/models" / f"{cfg['classifiers']['surrogate']['name']}.pt"),
+        "rp": str(art / "denoiser/rp.pt"), "rp_width": cfg["denoiser"]["width"],
+        "regions": str(art / "regions/regions.npz"), "directions": str(art / "directions/directions.npz"),
+        "n_neighbours": cfg["directions"]["n_neighbours"],
+        "neighbourhood_radius": cfg["directions"]["neighbourhood_radius"],
+    }
+
+
+def ldman_scaling(lcfg: dict[str, Any]) -> dict[str, Any]:
+    """The Ray Train scaling keys of the ``ldman`` params (arguments of ``distributed.fit``)."""
+    return {k: lcfg[k] for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints")}

@@ -103,9 +103,12 @@ class Protector:
         pcfg = self.config["protect"]
         _, h, w = crop.shape
         # seeded per face, so the same photo always gets the same protection
-        region = select_region(self.surrogate, crop, points, self.config["regions"],
-                               np.random.default_rng(self.config["seed"]))
-        rect = torch.tensor([region.rect])
+        if pcfg.get("full_region"):  # ablation (paper Table V): the whole crop is the region
+            rect_xy = (0.0, 0.0, float(w), float(h))
+        else:
+            rect_xy = select_region(self.surrogate, crop, points, self.config["regions"],
+                                    np.random.default_rng(self.config["seed"])).rect
+        rect = torch.tensor([rect_xy])
         before = self._predict(crop)
         eps_d = None
         if pcfg["use_dp"]:
@@ -115,8 +118,8 @@ class Protector:
                                              torch.Generator().manual_seed(self.config["seed"]))
         # G's window: the training window scaled to this crop's size, never smaller than the region
         scale = min(h, w) / pcfg["image_size"]
-        size = int(min(h, w, max(round(pcfg["window"] * scale), region.rect[2] - region.rect[0] + 1,
-                                  region.rect[3] - region.rect[1] + 1)))
+        size = int(min(h, w, max(round(pcfg["window"] * scale), rect_xy[2] - rect_xy[0] + 1,
+                                  rect_xy[3] - rect_xy[1] + 1)))
         left, top = region_window(rect, size, h, w)[0].tolist()
         win = crop[None, :, top:top + size, left:left + size]
         mask = rect_masks(rect, h, w)[:, :, top:top + size, left:left + size]
@@ -125,7 +128,7 @@ class Protector:
             eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
         protected = crop.clone()
         protected[:, top:top + size, left:left + size] = apply_perturbation(win, eps_l)[0]
-        return protected, region.rect, before, self._predict(protected)
+        return protected, rect_xy, before, self._predict(protected)
 
     # ------------------------------------------------------------------ photos
 

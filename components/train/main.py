@@ -12,19 +12,17 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 
-from invisible_face.classifiers import attribute_sizes
 from invisible_face.data import FaceAttributes
-from invisible_face.ldman_training import ProtectionSet, protect_chips, train_ldman
 from invisible_face.directions import directional_perturbation
+from invisible_face.ldman_training import ProtectionSet, ldman_config, ldman_scaling, protect_chips, train_ldman
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
 from invisible_face.protector import export_protector, protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
-
-import numpy as np
 
 
 def main() -> None:
@@ -36,20 +34,11 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_params(args.params)
-    lcfg = dict(cfg["ldman"])
-    if args.weights:
-        lcfg.update(json.loads(Path(args.weights).read_text()))
-    art = Path("artifacts").resolve()
-    surrogate_path = art / "classifiers/models" / f"{cfg['classifiers']['surrogate']['name']}.pt"
-    config = {
-        **lcfg, "seed": cfg["seed"], "attributes": attribute_sizes(cfg),
-        "manifest": str(art / "validate/manifest.csv"), "image_dir": str(Path(cfg["data"]["image_dir"]).resolve()),
-        "surrogate": str(surrogate_path), "rp": str(art / "denoiser/rp.pt"), "rp_width": cfg["denoiser"]["width"],
-        "regions": str(art / "regions/regions.npz"), "directions": str(art / "directions/directions.npz"),
-        "n_neighbours": cfg["directions"]["n_neighbours"],
-        "neighbourhood_radius": cfg["directions"]["neighbourhood_radius"],
-    }
-    scaling = {k: lcfg[k] for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints")}
+    if args.weights:  # the tune stage's best loss weights and beta
+        cfg["ldman"].update(json.loads(Path(args.weights).read_text()))
+    lcfg = cfg["ldman"]
+    config = ldman_config(cfg)
+    surrogate_path = config["surrogate"]
     setup_mlflow("ldman")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +46,7 @@ def main() -> None:
         mlflow.log_params({k: v for k, v in lcfg.items()})
         generator, history = train_ldman(config, name=f"{args.run_name}-{run.info.run_id[:8]}",
                                          storage_path=Path(cfg["classifiers"]["storage_path"]).resolve(),
-                                         scaling=scaling)
+                                         scaling=ldman_scaling(lcfg))
         step = 0
         for epoch in history:
             for s in epoch["steps"]:

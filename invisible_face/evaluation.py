@@ -1,0 +1,132 @@
+"""Evaluation of protection methods on test chips (paper VI-F): privacy on the surrogate and on the
+target zoo, naturalness, identity, robustness, time. Every protected image is quantised to 8 bits
+first, as a saved photo would be.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import kornia
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from invisible_face.identity import SAME_PERSON, IdentityEmbedder
+from invisible_face.ldman_training import SurrogateFeatures
+from invisible_face.losses import perceptual_distance
+from invisible_face.metrics import h_pn, mosr, mosr_correct, psnr, ssim
+from invisible_face.models import AttributeClassifier
+
+
+@dataclass
+class TestSet:
+    images: torch.Tensor                 # N x 3 x H x W in [0, 1]
+    labels: dict[str, torch.Tensor]      # attribute -> N
+    boxes: list[tuple[float, ...]]       # face box per chip (identity embeddings)
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+@torch.no_grad()
+def predict(model: AttributeClassifier, x: torch.Tensor, batch: int = 128) -> dict[str, torch.Tensor]:
+    out: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(x), batch):
+        for k, v in model(x[i:i + batch]).items():
+            out.setdefault(k, []).append(v.argmax(1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def run_method(protect: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor], data: TestSet,
+               batch: int = 16) -> tuple[torch.Tensor, float]:
+    """Apply ``protect(images, labels)`` in batches -> (quantised protected images, ms per image)."""
+    outs, start = [], time.perf_counter()
+    for i in range(0, len(data.images), batch):
+        outs.append(protect(data.images[i:i + batch], {k: v[i:i + batch] for k, v in data.labels.items()}))
+    ms = 1000 * (time.perf_counter() - start) / len(data.images)
+    return quantise(torch.cat(outs)), ms
+
+
+def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier, zoo: dict[str, AttributeClassifier],
+          embedder: IdentityEmbedder | None) -> dict[str, Any]:
+    """Privacy, naturalness and identity figures of one method's protected test set."""
+    clean_pred, adv_pred = predict(surrogate, data.images), predict(surrogate, protected)
+    s = ssim(data.images, protected).mean().item()
+    p = psnr(data.images, protected)
+    p = p[torch.isfinite(p)].mean().item() if torch.isfinite(p).any() else float("inf")
+    m = mosr(adv_pred, data.labels)
+    features = SurrogateFeatures(surrogate)
+    with torch.no_grad():
+        percep = torch.cat([perceptual_distance(features(data.images[i:i + 64]), features(protected[i:i + 64]))
+                            for i in range(0, len(protected), 64)]).mean().item()
+    row = {"mosr": m, "mosr_correct": mosr_correct(clean_pred, adv_pred, data.labels), "ssim": s, "psnr": p,
+           "h_pn": h_pn(m, s, p), "percep_surrogate": percep}
+    for name, model in zoo.items():
+        row[f"mosr_{name}"] = mosr(predict(model, protected), data.labels)
+    if zoo:
+        transfer = float(np.mean([row[f"mosr_{n}"] for n in zoo]))
+        row["mosr_transfer_mean"] = transfer
+        row["transfer_drop"] = (m - transfer) / m if m > 0 else float("nan")
+    if embedder is not None:
+        to_np = lambda t: (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        d = [embedder.distance(to_np(a), to_np(b), box) for a, b, box in zip(data.images, protected, data.boxes)]
+        row["identity_distance"] = float(np.mean(d))
+        row["identity_kept"] = float(np.mean(np.array(d) < SAME_PERSON))
+    return row
+
+
+# ------------------------------------------------------------------ robustness
+
+
+def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Real JPEG round trip through PIL (4:2:0, as photo sites store)."""
+    out = []
+    for img in x:
+        buf = io.BytesIO()
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1).float() / 255)
+    return torch.stack(out)
+
+
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "jpeg90": lambda x: jpeg(x, 90),
+    "jpeg75": lambda x: jpeg(x, 75),
+    "jpeg50": lambda x: jpeg(x, 50),
+    "blur": lambda x: kornia.filters.gaussian_blur2d(x, (5, 5), (1.0, 1.0)),
+    "resize_half": lambda x: F.interpolate(F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True),
+                                           size=x.shape[-2:], mode="bilinear"),
+}
+
+
+def robustness(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier) -> dict[str, float]:
+    """Surrogate MOSR after each post-processing an image meets on its way to a platform."""
+    return {f"mosr_after_{name}": mosr(predict(surrogate, quantise(t(protected))), data.labels)
+            for name, t in TRANSFORMS.items()}
+
+
+def perturbation_kde(deltas: dict[str, torch.Tensor], epsilon: float, path) -> None:
+    """Fig. 9 style: density of the perturbation values of each method (inside +-epsilon)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    grid = np.linspace(-epsilon * 1.05, epsilon * 1.05, 200)
+    for name, d in deltas.items():
+        values = d.flatten().numpy()
+        values = values[np.random.default_rng(0).integers(0, len(values), 20000)]
+        bw = 0.1 * epsilon
+        density = np.exp(-((grid[:, None] - values[None]) ** 2) / (2 * bw**2)).mean(1) / (bw * np.sqrt(2 * np.pi))
+        ax.plot(grid * 255, density, label=name)
+    ax.set(xlabel="perturbation value (x255)", ylabel="density", title="Perturbation distribution (Fig. 9 style)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

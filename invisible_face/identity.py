@@ -1,0 +1,33 @@
+"""Identity kept? dlib's face-recognition embeddings (shipped in face-recognition-models) before
+and after protection; a distance under 0.6 is dlib's "same person" threshold (DESIGN.md decision 10)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from invisible_face.landmarks import face_recognition_models_dir
+
+SAME_PERSON = 0.6
+
+
+class IdentityEmbedder:
+    """128-d dlib ResNet embeddings of the face in a box (5-point alignment)."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        models = face_recognition_models_dir()
+        self._shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def embed(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+        """RGB uint8 H x W x 3 and a face box (x0, y0, x1, y1) -> 128 floats."""
+        import dlib
+
+        rect = dlib.rectangle(*(int(round(v)) for v in box))
+        shape = self._shape(np.ascontiguousarray(image), rect)
+        return np.asarray(self._net.compute_face_descriptor(np.ascontiguousarray(image), shape))
+
+    def distance(self, before: np.ndarray, after: np.ndarray, box: tuple[float, float, float, float]) -> float:
+        """Euclidean distance between the embeddings of the same box in two images."""
+        return float(np.linalg.norm(self.embed(before, box) - self.embed(after, box)))

@@ -1,0 +1,87 @@
+"""Ray Tune over LD-MAN's loss weights Lambda (Eq. 20) and beta (Eq. 6).
+
+Train V2 pattern: each trial is a function that builds and fits a ``TorchTrainer`` (through
+``distributed.fit``); ``TuneReportCallback`` forwards the workers' per-epoch reports to Tune, so
+ASHA can stop weak trials early. The objective is validation H-PN (Eq. 22). Every trial is an
+MLflow run nested under the tuning run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from invisible_face import distributed
+from invisible_face.ldman_training import LOSS_NAMES, train_loop
+
+OBJECTIVE = "val_hpn"
+
+
+def search_space(tcfg: dict[str, Any]) -> dict[str, Any]:
+    """One log-uniform weight per loss term and for beta, within the params' bounds."""
+    space = {f"w_{name}": tune.loguniform(*tcfg["weight_bounds"][name]) for name in LOSS_NAMES}
+    space["beta"] = tune.loguniform(*tcfg["beta_bounds"])
+    return space
+
+
+def as_overrides(trial_config: dict[str, Any]) -> dict[str, Any]:
+    """Tune's flat sample -> the ``ldman`` keys it overrides (loss_weights list and beta)."""
+    return {"loss_weights": [trial_config[f"w_{n}"] for n in LOSS_NAMES], "beta": trial_config["beta"]}
+
+
+def _trial(trial_config: dict[str, Any], base: dict[str, Any], scaling: dict[str, Any],
+           storage_path: str, tracking: dict[str, str]) -> None:
+    """One trial: fit LD-MAN with the sampled weights; log the trial as a nested MLflow run."""
+    trial_id = tune.get_context().get_trial_id()
+    config = {**base, **as_overrides(trial_config)}
+    mlflow.set_tracking_uri(tracking["uri"])
+    with mlflow.start_run(experiment_id=tracking["experiment_id"], run_name=f"trial-{trial_id}",
+                          tags={"mlflow.parentRunId": tracking["parent_run_id"], "trial_id": trial_id}):
+        mlflow.log_params(trial_config)
+        result = distributed.fit(train_loop, config, name=f"tune-{trial_id}", storage_path=storage_path,
+                                 callbacks=[TuneReportCallback()], **scaling)
+        if result.error is not None:
+            raise result.error
+        for _, row in result.metrics_dataframe.iterrows():
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k.startswith(("val_", "train_"))},
+                               step=int(row["epoch"]))
+
+
+def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, Any], storage_path: str | Path,
+                 tracking: dict[str, str], seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run the search -> (best overrides, one row per trial with its weights and final metrics)."""
+    distributed.init_ray(scaling.get("num_cpus"))
+    storage_path = str(Path(storage_path).resolve())
+    trainable = tune.with_parameters(_trial, base=base, scaling=scaling, storage_path=storage_path,
+                                     tracking=tracking)
+    # The trial itself only waits on its Train workers, which hold the CPUs (DESIGN.md: on 2 cores
+    # a 1-CPU trial plus two 1-CPU workers would wait for ever).
+    trainable = tune.with_resources(trainable, {"cpu": 0})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(tcfg),
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode="max", num_samples=tcfg["num_samples"],
+            max_concurrent_trials=tcfg["max_concurrent_trials"],
+            scheduler=ASHAScheduler(max_t=base["epochs"], grace_period=tcfg["grace_period"], time_attr="epoch"),
+            search_alg=BasicVariantGenerator(random_state=seed),
+        ),
+        run_config=tune.RunConfig(name="tune-ldman", storage_path=storage_path),
+    )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        if result.error is not None or not result.metrics:
+            rows.append({**result.config, "error": str(result.error)})
+            continue
+        rows.append({**result.config, **{k: result.metrics.get(k) for k in
+                                          ("epoch", "val_hpn", "val_mosr", "val_ssim", "val_psnr")}})
+    best = grid.get_best_result(metric=OBJECTIVE, mode="max", scope="last")
+    return as_overrides(best.config), pd.DataFrame(rows)

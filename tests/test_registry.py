@@ -1,0 +1,44 @@
+"""The promotion gate, both ways, against a real (sqlite) MLflow registry."""
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from invisible_face.registry import ALIAS, gate, register_protector
+
+GATES = {"mosr_min": 0.95, "ssim_min": 0.94}
+
+
+def test_gate_reasons():
+    assert gate({"mosr": 0.99, "ssim": 0.96, "h_pn": 0.9}, GATES, None) == []
+    reasons = gate({"mosr": 0.90, "ssim": 0.96, "h_pn": 0.9}, GATES, 0.95)
+    assert any("mosr" in r for r in reasons) and any("champion" in r for r in reasons)
+
+
+@pytest.fixture()
+def registry(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from invisible_face.tracking import setup_mlflow
+
+    setup_mlflow("register", root=tmp_path)
+    yield MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def test_promotion_both_ways(registry, tiny_protector):
+    first = register_protector(tiny_protector, "if-test", {"mosr": 0.99, "ssim": 0.96, "h_pn": 0.80}, GATES)
+    assert first["promoted"] and str(registry.get_model_version_by_alias("if-test", ALIAS).version) == "1"
+    worse = register_protector(tiny_protector, "if-test", {"mosr": 0.99, "ssim": 0.96, "h_pn": 0.70}, GATES)
+    assert not worse["promoted"] and "does not beat" in worse["reasons"][0]
+    failing = register_protector(tiny_protector, "if-test", {"mosr": 0.50, "ssim": 0.99, "h_pn": 0.95}, GATES)
+    assert not failing["promoted"]
+    assert str(registry.get_model_version_by_alias("if-test", ALIAS).version) == "1"
+    assert "below the gate" in registry.get_model_version("if-test", failing["version"]).tags["not_promoted_reason"]
+    better = register_protector(tiny_protector, "if-test", {"mosr": 0.99, "ssim": 0.97, "h_pn": 0.85}, GATES)
+    assert better["promoted"] and str(registry.get_model_version_by_alias("if-test", ALIAS).version) == str(better["version"])
+    # the champion loads through the same safe loader as a local export
+    from invisible_face.protector import Protector
+
+    folder = mlflow.artifacts.download_artifacts(f"models:/if-test@{ALIAS}")
+    assert Protector.load(f"{folder}/protector").config["format_version"] == 1
