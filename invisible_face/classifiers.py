@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import kornia.augmentation as K
 import numpy as np
 import ray.train
 import ray.train.torch
@@ -34,10 +35,13 @@ def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tens
     return sum(F.cross_entropy(logits[a].float(), labels[a]) for a in logits)
 
 
-def random_flip(x: torch.Tensor) -> torch.Tensor:
-    """Mirror each image of B x 3 x H x W with probability 1/2."""
-    flip = torch.rand(x.shape[0], device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+def augmenter(flip: bool, crop_scale: list[float] | None, size: int) -> torch.nn.Module:
+    """Batch augmentation (kornia), B x 3 x S x S -> B x 3 x S x S: horizontal flip and a random
+    crop of ``crop_scale`` of the area resized back to S; identity when both are off."""
+    ops = [K.RandomHorizontalFlip()] if flip else []
+    if crop_scale:
+        ops.append(K.RandomResizedCrop((size, size), scale=tuple(crop_scale), ratio=(0.9, 1.1)))
+    return K.AugmentationSequential(*ops) if ops else torch.nn.Identity()
 
 
 @torch.no_grad()
@@ -71,7 +75,7 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: DDP training with a checkpoint per epoch, resuming from the last one.
 
     ``config``: arch, attributes {name: n}, input_size, image_size, manifest, image_dir (absolute),
-    train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, seed, and for the
+    train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, crop_scale, seed, and for the
     fault-tolerance test only: fail_at_epoch + fail_marker (the worker of rank 1 dies once there).
     """
     ctx = ray.train.get_context()
@@ -95,6 +99,7 @@ def train_loop(config: dict[str, Any]) -> None:
     epochs = config["epochs"]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config["lr"], total_steps=epochs * len(loader), pct_start=0.15)
+    augment = augmenter(config.get("flip", True), config.get("crop_scale"), config["image_size"])
     history: list[dict[str, Any]] = []
     start = 1
 
@@ -111,6 +116,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if config.get("fail_at_epoch") == epoch and rank == world - 1 and world > 1:
             marker = Path(config["fail_marker"])
             if not marker.exists():
+                ray.train.get_all_reported_checkpoints(timeout_s=60)  # last epoch's checkpoint is in
                 marker.write_text(f"worker {rank} died at epoch {epoch}\n")
                 os._exit(1)
         if world > 1:
@@ -119,8 +125,7 @@ def train_loop(config: dict[str, Any]) -> None:
         bar = tqdm(loader, desc=f"{config['arch']} epoch {epoch}/{epochs}", disable=rank != 0,
                    mininterval=10, leave=False)
         for x, y in bar:
-            if config.get("flip", True):
-                x = random_flip(x)
+            x = augment(x)
             with distributed.autocast(device):
                 loss = multitask_loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)

@@ -62,8 +62,9 @@ def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, 
     trainable = tune.with_parameters(_trial, base=base, scaling=scaling, storage_path=storage_path,
                                      tracking=tracking)
     # The trial itself only waits on its Train workers, which hold the CPUs (DESIGN.md: on 2 cores
-    # a 1-CPU trial plus two 1-CPU workers would wait for ever).
-    trainable = tune.with_resources(trainable, {"cpu": 0})
+    # a 1-CPU trial plus two 1-CPU workers would wait for ever). Ray refuses an empty request, so
+    # the trial asks for a token of memory instead of a CPU.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 2**20})
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(tcfg),

@@ -105,3 +105,24 @@ def test_export_refuses_pickles(ldman_env, tmp_path):
     torch.save({"evil": object()}, stem.with_suffix(".safetensors"))  # a pickle where tensors belong
     with pytest.raises(Exception):
         Protector.load(stem)
+
+
+def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, monkeypatch, params):
+    import mlflow
+
+    from invisible_face.tracking import setup_mlflow, tracking_uri
+    from invisible_face.tuning import tune_weights
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = setup_mlflow("tune", root=tmp_path)
+    tcfg = {**params["tune"], "num_samples": 2}
+    scaling = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0, "keep_checkpoints": 1}
+    with mlflow.start_run(run_name="tune") as parent:
+        tracking = {"uri": tracking_uri(), "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
+        best, trials = tune_weights(ldman_env["config"], tcfg, scaling, tmp_path / "ray", tracking, seed=0)
+    assert len(trials) == 2 and trials["val_hpn"].notna().all()
+    assert len(best["loss_weights"]) == 5 and tcfg["beta_bounds"][0] <= best["beta"] <= tcfg["beta_bounds"][1]
+    assert best["loss_weights"][0] in set(trials["w_adv"])  # the best is one of the trials
+    children = mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2 and children["metrics.val_hpn"].notna().all()
+    mlflow.set_tracking_uri(None)

@@ -51,7 +51,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "directions.npz", files=faces.table["file"].to_numpy(), bits=np.stack(bits),
+    np.savez_compressed(out / "directions.npz", files=faces.table["file"].to_numpy().astype(str), bits=np.stack(bits),
                         shape=np.array(faces.images.shape[1:]))
     metrics = {"images": len(faces), "ms_per_image": 1000 * elapsed / len(faces),
                "full_image_step_mosr": torch.cat(fooled).float().mean().item()}
