@@ -70,9 +70,8 @@ def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, 
         param_space=search_space(tcfg),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode="max", num_samples=tcfg["num_samples"],
-            max_concurrent_trials=tcfg["max_concurrent_trials"],
             scheduler=ASHAScheduler(max_t=base["epochs"], grace_period=tcfg["grace_period"], time_attr="epoch"),
-            search_alg=BasicVariantGenerator(random_state=seed),
+            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=tcfg["max_concurrent_trials"]),
         ),
         run_config=tune.RunConfig(name="tune-ldman", storage_path=storage_path),
     )
