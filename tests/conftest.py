@@ -66,10 +66,12 @@ def ray_cluster():
     """One local Ray instance for every test that trains (2 CPUs: two 1-CPU workers)."""
     import ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    yield ray
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -87,3 +89,8 @@ def tiny_protector(tmp_path_factory, params) -> Path:
     generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
     cfg["ldman"].update(g_width=8, g_blocks=1)
     return export_protector(tmp_path_factory.mktemp("export") / "protector", generator, surrogate, cfg)
+
+
+def pytest_collection_modifyitems(items):
+    """The end-to-end ``dvc repro`` runs last, after the in-process Ray of the other tests is gone."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

@@ -21,18 +21,6 @@ SCALING = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failur
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for all Ray tests of the session."""
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> tuple[Path, Path]:
     """36 random 200x200 JPEG chips and a manifest with every split."""
     root = tmp_path_factory.mktemp("tiny")

@@ -10,6 +10,9 @@ from repo_copy import copy_repo, run
 
 @pytest.mark.e2e
 def test_dvc_repro_quick_profile(tmp_path):
+    import ray
+
+    ray.shutdown()  # the stages start their own local Ray; two on 2 cores only get in each other's way
     repo = copy_repo(tmp_path / "repo")
     run(["dvc", "pull", "data.dvc"], repo)  # only the dataset: stage outputs are rebuilt
     run([sys.executable, "-m", "invisible_face.params", "quick"], repo)
