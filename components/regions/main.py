@@ -51,8 +51,11 @@ def main() -> None:
 
     cfg = load_params(args.params)
     rcfg = cfg["regions"]
-    manifest = pd.read_csv(args.manifest)
-    files = manifest.loc[manifest["split"].isin(rcfg["splits"]), "file"].tolist()
+    manifest = pd.read_csv(args.manifest).sort_values("file")
+    # each split's first rows in file order, the same rows later stages load with that limit
+    limits = rcfg["limits"]
+    files = [f for split in rcfg["splits"]
+             for f in manifest.loc[manifest["split"] == split, "file"].head(limits.get(split)).tolist()]
     marks = np.load(args.landmarks)
     index = {f: i for i, f in enumerate(marks["files"].tolist())}
     model = load_classifier(Path(args.classifiers) / f"{cfg['classifiers']['surrogate']['name']}.pt")
