@@ -1,0 +1,225 @@
+"""Load on the Serve app (serving/app.py) over loopback: throughput, latency, errors, batching gain.
+
+    python benchmarks/serve_load.py --tiny                  # untrained export, short region search
+    python benchmarks/serve_load.py --model artifacts/train/protector
+    python benchmarks/serve_load.py --tiny --kill-replica   # kill the model replica mid-load
+
+N client threads POST the photos of ../shared/photos (round robin, downscaled to --max-side) to
+/protect until --requests are done or --duration seconds pass. Each phase deploys the app from
+serving/config.yaml; the batching gain compares the config's max_batch_size with max_batch_size 1
+in the same run. --kill-replica ray.kill()s the ProtectorModel replica during the load and reports
+when Serve replaced it and how the requests in flight ended (an error status, never a hang).
+Results are printed, not asserted.
+"""
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REPLICA_MARK = "invisible-face#ProtectorModel#"  # in Serve replica actor names
+
+
+def tiny_export(folder: Path) -> Path:
+    """Untrained networks with a short region search: measures the serving path, not the method."""
+    import copy
+
+    import torch
+
+    from invisible_face.ldman import Generator
+    from invisible_face.models import build_classifier
+    from invisible_face.params import load_params
+    from invisible_face.protector import export_protector
+
+    torch.manual_seed(0)
+    cfg = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    cfg["ldman"].update(g_width=8, g_blocks=1)
+    cfg["regions"].update(t_max=1.0, t_min=0.5, restarts=1)
+    cfg["directions"]["n_neighbours"] = 1
+    surrogate = build_classifier("resnet18", {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}, 32)
+    return export_protector(folder / "protector", Generator(cfg["ldman"]["epsilon"], 8, 1), surrogate.eval(), cfg)
+
+
+def load_photos(folder: Path, max_side: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) per photo, downscaled so the longer side is at most max_side (0: as is)."""
+    photos = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as img:
+            if max_side and max(img.size) > max_side:
+                fmt = img.format
+                img.thumbnail((max_side, max_side))
+                buf = io.BytesIO()
+                img.save(buf, fmt)
+                data = buf.getvalue()
+        photos.append((path.name, data))
+    return photos
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deploy(model: Path, max_batch_size: int, replicas: int) -> None:
+    from ray import serve
+
+    from serving.app import from_config
+
+    app, _ = from_config(args={"model": str(model), "max_batch_size": max_batch_size},
+                         options={"ProtectorModel": {"num_replicas": replicas}})
+    serve.run(app, name="invisible-face", route_prefix="/")
+
+
+def model_replicas() -> list[str]:
+    """Names of the live ProtectorModel replica actors (from the GCS: no dashboard needed)."""
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == "serve" and REPLICA_MARK in a["name"])
+
+
+def run_load(url: str, photos: list[tuple[str, bytes]], clients: int, count: int, duration: float,
+             timeout: float) -> dict:
+    """count requests (or until duration) from `clients` threads -> latencies and statuses."""
+    lock, issued, results = threading.Lock(), [0], []
+    deadline = time.perf_counter() + duration
+
+    def client(_: int) -> None:
+        session = requests.Session()
+        while True:
+            with lock:
+                if issued[0] >= count or time.perf_counter() > deadline:
+                    return
+                name, data = photos[issued[0] % len(photos)]
+                issued[0] += 1
+            t0 = time.perf_counter()
+            try:
+                r = session.post(url + "/protect", files={"file": (name, data)}, timeout=timeout)
+                status, batch = r.status_code, int(r.headers.get("X-Batch-Size", 0))
+            except requests.Timeout:
+                status, batch = "hung", 0
+            except requests.RequestException as err:
+                status, batch = type(err).__name__, 0
+            with lock:
+                results.append((status, time.perf_counter() - t0, batch))
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - t0
+    ok = np.array([s for st, s, _ in results if st == 200])
+    return {"requests": len(results), "ok": len(ok), "wall_s": wall,
+            "throughput_rps": len(ok) / wall,
+            "p50_ms": float(np.percentile(ok, 50) * 1000) if len(ok) else None,
+            "p95_ms": float(np.percentile(ok, 95) * 1000) if len(ok) else None,
+            "p99_ms": float(np.percentile(ok, 99) * 1000) if len(ok) else None,
+            "errors": dict(Counter(str(st) for st, _, _ in results if st != 200)),
+            "batch_sizes": dict(sorted(Counter(b for st, _, b in results if st == 200).items()))}
+
+
+def show(label: str, r: dict) -> None:
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    print(f"{label:<22} {r['ok']:>4}/{r['requests']:<4} ok  {r['throughput_rps']:6.2f} photos/s  "
+          f"p50 {fmt(r['p50_ms'])} ms  p95 {fmt(r['p95_ms'])} ms  p99 {fmt(r['p99_ms'])} ms  "
+          f"errors {r['errors'] or 0}  batch sizes {r['batch_sizes']}")
+
+
+def main() -> None:
+    import yaml
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="export stem or models:/name@alias (default: the config's)")
+    parser.add_argument("--tiny", action="store_true", help="serve an untrained export (fast; no quality)")
+    parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "photos"))
+    parser.add_argument("--max-side", type=int, default=640, help="downscale photos to this side (0: as is)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=48, help="per phase")
+    parser.add_argument("--duration", type=float, default=90.0, help="seconds per phase at most")
+    parser.add_argument("--timeout", type=float, default=150.0, help="client timeout: past it a request 'hung'")
+    parser.add_argument("--replicas", type=int, default=1, help="model replicas (1 fits a 2-core machine)")
+    parser.add_argument("--kill-replica", action="store_true", help="kill a model replica during the load")
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    os.chdir(ROOT)  # Ray workers import serving.app from the driver's directory
+    ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else os.cpu_count(), include_dashboard=False,
+             log_to_driver=False)
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    try:
+        config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())["applications"][0]["args"]
+        model = tiny_export(tmp) if args.tiny else Path(args.model or config["model"])
+        photos = load_photos(Path(args.photos), args.max_side)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        print(f"model {model}; {len(photos)} photos (longer side <= {args.max_side or 'any'}); "
+              f"{args.clients} clients; {args.requests} requests or {args.duration:.0f} s per phase; "
+              f"{args.replicas} model replica(s); {os.cpu_count()} CPUs")
+        batched = int(config["max_batch_size"])
+        for size in ([batched] if args.kill_replica else [1, batched]):
+            deploy(model, size, args.replicas)
+            requests.post(url + "/protect", files={"file": photos[0]}, timeout=args.timeout)  # warm
+            if not args.kill_replica:
+                result = run_load(url, photos, args.clients, args.requests, args.duration, args.timeout)
+                show(f"max_batch_size {size}", result)
+                if size == 1:
+                    base = result
+                continue
+            before = model_replicas()
+            killed = {}
+
+            def killer() -> None:
+                time.sleep(3)
+                victim = before[0]
+                ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+                killed.update(name=victim, at=time.perf_counter())
+                while time.perf_counter() - killed["at"] < 120:
+                    fresh = [n for n in model_replicas() if n not in before]
+                    if fresh:
+                        killed.update(replacement=fresh[0], after_s=time.perf_counter() - killed["at"])
+                        return
+                    time.sleep(0.5)
+
+            thread = threading.Thread(target=killer)
+            thread.start()
+            result = run_load(url, photos, args.clients, args.requests, args.duration, args.timeout)
+            thread.join()
+            show(f"kill replica (b={size})", result)
+            print(f"killed {killed.get('name')}; " + (
+                f"Serve started {killed['replacement']} {killed['after_s']:.1f} s later" if "replacement" in killed
+                else "no replacement seen within 120 s"))
+            hung = result["errors"].get("hung", 0)
+            print(f"requests that hung (no answer within {args.timeout:.0f} s): {hung}; "
+                  f"error statuses of the requests in flight: {result['errors'] or 'none'}")
+            health = requests.get(url + "/healthz", timeout=30)
+            print(f"/healthz after the kill: {health.status_code} {json.loads(health.text).get('replica')}")
+        if not args.kill_replica:
+            gain = result["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else float("nan")
+            print(f"batching gain (max_batch_size {batched} vs 1): {gain:.2f}x throughput")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

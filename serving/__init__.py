@@ -1,0 +1,1 @@
+"""Ray Serve application for the protector (see serving/app.py)."""
