@@ -36,7 +36,10 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
+        # The dashboard serves the state API that Ray Train's placement-group cleaner queries:
+        # without it, a run that Tune's ASHA stops early leaks its workers' CPUs and the next
+        # trial waits for ever.
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=True)
 
 
 def fit(train_fn: Callable[[dict[str, Any]], None], config: dict[str, Any], *, name: str,

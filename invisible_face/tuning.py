@@ -70,7 +70,10 @@ def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, 
         param_space=search_space(tcfg),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode="max", num_samples=tcfg["num_samples"],
-            scheduler=ASHAScheduler(max_t=base["epochs"], grace_period=tcfg["grace_period"], time_attr="epoch"),
+            # max_t past the last epoch: a trial that ends is never killed by the scheduler (a
+            # killed Train run can leave its workers' CPUs reserved on Ray 2.60, starving the
+            # next trial); ASHA's early stops happen only at rungs below the last epoch.
+            scheduler=ASHAScheduler(max_t=base["epochs"] + 1, grace_period=tcfg["grace_period"], time_attr="epoch"),
             search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=tcfg["max_concurrent_trials"]),
         ),
         run_config=tune.RunConfig(name="tune-ldman", storage_path=storage_path),

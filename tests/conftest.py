@@ -68,7 +68,8 @@ def ray_cluster():
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # dashboard on: Ray Train's placement-group cleaner needs the state API (see distributed.init_ray)
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray
     if started:
         ray.shutdown()

@@ -41,7 +41,7 @@ def ldman_env(tmp_path_factory, params):
     images = torch.stack([faces[i][0] for i in range(len(faces))])
     labels = {k: faces.labels[k] for k in ATTRS}
     eps_d = directional_perturbation(surrogate, images, labels, 3, 0.05)
-    np.savez(root / "directions.npz", files=faces.table["file"].to_numpy(),
+    np.savez(root / "directions.npz", files=faces.table["file"].to_numpy().astype(str),
              bits=np.stack([np.frombuffer(pack_signs(d)[0], np.uint8) for d in eps_d]), shape=np.array([3, 64, 64]))
     cfg = copy.deepcopy(params)
     lcfg = {**cfg["ldman"], "window": 32, "image_size": 64, "train_images": 8, "val_images": 4, "batch_size": 4,
@@ -115,7 +115,7 @@ def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, 
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = setup_mlflow("tune", root=tmp_path)
-    tcfg = {**params["tune"], "num_samples": 2}
+    tcfg = {**params["tune"], "num_samples": 2, "grace_period": 2}  # epochs 1: no early stop
     scaling = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0, "keep_checkpoints": 1}
     with mlflow.start_run(run_name="tune") as parent:
         tracking = {"uri": tracking_uri(), "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
