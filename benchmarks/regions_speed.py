@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from invisible_face.data import load_image
 from invisible_face.models import build_classifier, load_classifier
 from invisible_face.params import PROJECT_ROOT, load_params
 from invisible_face.regions import select_region
@@ -45,7 +45,7 @@ def main() -> None:
     marks = np.load(PROJECT_ROOT / "artifacts/landmarks/landmarks.npz")
     image_dir = PROJECT_ROOT / cfg["data"]["image_dir"]
     names = marks["files"][: args.images]
-    images = [torch.from_numpy(np.array(Image.open(image_dir / str(n)).convert("RGB"))).permute(2, 0, 1).float() / 255
+    images = [load_image(image_dir / str(n)).float() / 255
               for n in names]
     points = marks["points"][: args.images]
     print(f"{len(images)} chips, surrogate: {which}, restarts={rcfg['restarts']}, "

@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from tqdm import tqdm
 
+from invisible_face.data import load_image
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
 from invisible_face.regions import rect_masks, select_region
@@ -64,7 +64,7 @@ def main() -> None:
 
     regions, start = [], time.perf_counter()
     for name in tqdm(files, desc="regions", unit="img"):
-        image = torch.from_numpy(np.array(Image.open(image_dir / name).convert("RGB"))).permute(2, 0, 1).float() / 255
+        image = load_image(image_dir / name).float() / 255
         regions.append(select_region(model, image, marks["points"][index[name]], rcfg, rng))
     elapsed = time.perf_counter() - start
 

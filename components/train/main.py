@@ -1,6 +1,6 @@
 """train stage: LD-MAN on Ray Train, then the self-contained protector export.
 
-Outputs (artifacts/train/): generator.pt, protector.safetensors + protector.json (the export the
+Outputs (artifacts/train/): protector.safetensors + protector.json (the export the
 CLI and the Serve app load), history.csv (per epoch, a DVC plot), grid.png (before / after /
 perturbation x10 on validation chips), metrics.json. One MLflow run in the experiment "ldman".
 """
@@ -68,7 +68,6 @@ def main() -> None:
         protection_grid(images, protected, out / "grid.png")
         mlflow.log_artifact(str(out / "grid.png"))
 
-        torch.save(generator.state_dict(), out / "generator.pt")
         export_protector(out / "protector", generator, surrogate, cfg)
         last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k == "epoch_time_s"}
         (out / "metrics.json").write_text(json.dumps(last, indent=2))
