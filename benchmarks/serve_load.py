@@ -1,7 +1,7 @@
 """Load on the Serve app (serving/app.py) over loopback: throughput, latency, errors, batching gain.
 
     python benchmarks/serve_load.py --tiny                  # untrained export, short region search
-    python benchmarks/serve_load.py --model artifacts/train/protector
+    python benchmarks/serve_load.py --model artifacts/export/protector
     python benchmarks/serve_load.py --tiny --kill-replica   # kill the model replica mid-load
 
 N client threads POST the photos of ../shared/photos (round robin, downscaled to --max-side) to

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     protect = sub.add_parser("protect", help="protect the faces in photos")
     protect.add_argument("inputs", nargs="+", help="image files or folders")
     protect.add_argument("--out", required=True, help="output folder (file names and formats are kept)")
-    protect.add_argument("--model", default="artifacts/train/protector", help="protector export (stem or .json)")
+    protect.add_argument("--model", default="artifacts/export/protector", help="protector export (stem or .json)")
     protect.add_argument("--aligned", action="store_true", help="each image is one aligned face crop")
     protect.add_argument("--report", help="write a JSON report of every file here")
 

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from invisible_face.identity import SAME_PERSON, IdentityEmbedder
 from invisible_face.ldman_training import SurrogateFeatures
 from invisible_face.losses import perceptual_distance
-from invisible_face.metrics import h_pn, mosr, mosr_correct, psnr, ssim
+from invisible_face.metrics import h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.models import AttributeClassifier
 
 
@@ -66,7 +67,8 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
         percep = torch.cat([perceptual_distance(features(data.images[i:i + 64]), features(protected[i:i + 64]))
                             for i in range(0, len(protected), 64)]).mean().item()
     row = {"mosr": m, "mosr_correct": mosr_correct(clean_pred, adv_pred, data.labels), "ssim": s, "psnr": p,
-           "h_pn": h_pn(m, s, p), "percep_surrogate": percep}
+           "h_pn": h_pn(m, s, p), "percep_surrogate": percep,
+           **{f"mosr_{k}_attributes": v for k, v in mosr_by_count(adv_pred, data.labels).items()}}
     for name, model in zoo.items():
         row[f"mosr_{name}"] = mosr(predict(model, protected), data.labels)
     if zoo:
@@ -130,3 +132,50 @@ def perturbation_kde(deltas: dict[str, torch.Tensor], epsilon: float, path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ adaptive attacker (Table IX)
+
+
+class DnCNN(nn.Module):
+    """The adversary's purifier: a DnCNN-style residual denoiser (conv-BN-ReLU stack predicting the
+    perturbation, subtracted from the input). B x 3 x H x W in [0, 1] -> same."""
+
+    def __init__(self, depth: int = 8, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(width, 3, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.net(x)).clamp(0, 1)
+
+
+def train_purifier(protected: torch.Tensor, clean: torch.Tensor, cfg: dict[str, Any], seed: int) -> DnCNN:
+    """Fit a DnCNN on (protected -> clean) pairs (N x 3 x H x W each) with an L1 loss on paired
+    random crops of ``cfg['crop']`` px -> the purifier in eval mode."""
+    from tqdm import tqdm
+
+    from invisible_face.denoiser import random_crops
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DnCNN(cfg["depth"], cfg["width"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    pairs = torch.cat([protected, clean], 1)  # crop both with the same window
+    for epoch in range(cfg["epochs"]):
+        order = torch.randperm(len(pairs), generator=g)
+        for start in tqdm(range(0, len(pairs), cfg["batch_size"]), desc=f"DnCNN epoch {epoch + 1}", leave=False):
+            crops = random_crops(pairs[order[start:start + cfg["batch_size"]]], cfg["crop"], g)
+            loss = (model(crops[:, :3]) - crops[:, 3:]).abs().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def purify(model: DnCNN, x: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])

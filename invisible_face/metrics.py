@@ -16,6 +16,17 @@ def mosr(predictions: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) 
     return fooled_all(predictions, labels).float().mean().item()
 
 
+def mosr_by_count(predictions: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> dict[int, float]:
+    """Fig. 8 style stability: for k = 1..A, MOSR over k protected attributes, averaged over every
+    k-subset of the attributes (k = A is :func:`mosr`)."""
+    from itertools import combinations
+
+    names = list(labels)
+    return {k: sum(mosr({a: predictions[a] for a in subset}, {a: labels[a] for a in subset})
+                   for subset in combinations(names, k)) / len(list(combinations(names, k)))
+            for k in range(1, len(names) + 1)}
+
+
 def mosr_correct(clean_predictions: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor],
                  labels: dict[str, torch.Tensor]) -> float:
     """MOSR over the images whose attributes were all predicted right before protection (NaN if none)."""

@@ -18,15 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from invisible_face.directions import directional_perturbation
 from invisible_face.ldman import Generator, apply_perturbation, local_perturbation, region_window
 from invisible_face.landmarks import Face, make_backend
 from invisible_face.models import AttributeClassifier, build_classifier
+from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation
 from invisible_face.regions import rect_masks, select_region
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: refinement settings
 
 
 @dataclass
@@ -53,11 +55,13 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
         "generator": {"epsilon": lcfg["epsilon"], "width": lcfg["g_width"], "blocks": lcfg["g_blocks"]},
         "surrogate": surrogate.config(),
         "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
-        "protect": {k: lcfg[k] for k in ("epsilon", "beta", "window", "use_dp", "image_size")},
+        "protect": {**{k: lcfg[k] for k in ("epsilon", "beta", "window", "image_size")},
+                    "use_dp": cfg["protector"]["use_dp"]},
         "directions": {k: cfg["directions"][k] for k in ("n_neighbours", "neighbourhood_radius")},
         "regions": {k: cfg["regions"][k] for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
         "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": cfg["protector"]["upsample"],
                       "fallback_box": cfg["landmarks"]["fallback_box"]},
+        "refine": cfg["protector"]["refine"],
         "face_margin": cfg["protector"]["face_margin"],
         "seed": cfg["seed"],
     }
@@ -97,8 +101,10 @@ class Protector:
         with torch.no_grad():
             return {k: int(v.argmax(1)) for k, v in self.surrogate(x[None]).items()}
 
-    def protect_face(self, crop: torch.Tensor, points: np.ndarray) -> tuple[torch.Tensor, tuple[float, ...], dict, dict]:
-        """crop: 3 x H x W in [0, 1] (the face at its own resolution); points: 68 x 2 in crop pixels.
+    def protect_face(self, crop: torch.Tensor, points: np.ndarray, labels: dict[str, int] | None = None
+                     ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict]:
+        """crop: 3 x H x W in [0, 1] (the face at its own resolution); points: 68 x 2 in crop pixels;
+        labels: the face's true attributes when known (an evaluation, or a user who states them).
         -> (protected crop, region rect in crop pixels, predictions before, after)."""
         pcfg = self.config["protect"]
         _, h, w = crop.shape
@@ -126,9 +132,35 @@ class Protector:
         d = eps_d[:, :, top:top + size, left:left + size] if eps_d is not None else None
         with torch.no_grad():
             eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
-        protected = crop.clone()
-        protected[:, top:top + size, left:left + size] = apply_perturbation(win, eps_l)[0]
+        delta = torch.zeros_like(crop)[None]
+        delta[:, :, top:top + size, left:left + size] = eps_l
+        delta, rect = self._refine(crop, delta, rect, points, labels)
+        protected = apply_perturbation(crop[None], delta)[0]
+        rect_xy = tuple(float(v) for v in rect[0])
         return protected, rect_xy, before, self._predict(protected)
+
+    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, rect: torch.Tensor, points: np.ndarray,
+                labels: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refinement of G's perturbation (invisible_face.refine): steps inside the region, which
+        grows toward the landmarks' box while the face is not yet protected -> (delta, final rect)."""
+        rcfg = self.config["refine"]
+        if rcfg["steps"] == 0:
+            return delta, rect
+        _, h, w = crop.shape
+        lo, hi = points.min(0), points.max(0) + 1
+        outer = torch.tensor([[max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)]], dtype=rect.dtype)
+        with torch.no_grad():  # without true labels: steer away from every class the model finds plausible
+            classes = {k: plausible_classes(v, rcfg["cover"]) if labels is None
+                       else F.one_hot(torch.tensor([labels[k]]), v.shape[1]).bool()
+                       for k, v in self.surrogate(crop[None]).items()}
+        for t in rcfg["growth"]:
+            rect = grow_rect(rect, outer, t)
+            delta, fooled = refine_perturbation(self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes,
+                                                self.config["protect"]["epsilon"], rcfg["steps"], rcfg["step_size"],
+                                                rcfg["stop_margin"])
+            if fooled.all():
+                break
+        return delta, rect
 
     # ------------------------------------------------------------------ photos
 
@@ -161,12 +193,13 @@ class Protector:
                 predicted_before=before, predicted_after=after))
         return to_uint8(out), records
 
-    def protect_chip(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRecord]]:
-        """Protect an aligned face crop as one face (``--aligned``): no photo-level detection."""
+    def protect_chip(self, image: np.ndarray, labels: dict[str, int] | None = None) -> tuple[np.ndarray, list[FaceRecord]]:
+        """Protect an aligned face crop as one face (``--aligned``): no photo-level detection.
+        ``labels``: its true attributes when known (see ``protect_face``)."""
         t0 = time.perf_counter()
         face = self.landmarks.chip(image, tuple(self.config["landmarks"]["fallback_box"]))
         crop = torch.from_numpy(image).permute(2, 0, 1).float() / 255
-        protected, rect, before, after = self.protect_face(crop, face.points)
+        protected, rect, before, after = self.protect_face(crop, face.points, labels)
         record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
                             score=face.score, ms=1000 * (time.perf_counter() - t0),
                             predicted_before=before, predicted_after=after)

@@ -89,6 +89,7 @@ def tiny_protector(tmp_path_factory, params) -> Path:
     cfg = copy.deepcopy(params)
     generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
     cfg["ldman"].update(g_width=8, g_blocks=1)
+    cfg["protector"]["refine"]["steps"] = 2  # exercised, but kept short
     return export_protector(tmp_path_factory.mktemp("export") / "protector", generator, surrogate, cfg)
 
 

@@ -99,6 +99,21 @@ def test_export_round_trip_gives_identical_output(ldman_env, tmp_path):
     assert np.abs(out_loaded.astype(int) - chip.astype(int)).max() <= round(255 * cfg["ldman"]["epsilon"]) + 1
 
 
+def test_protector_changes_only_the_reported_region_within_budget(ldman_env, tmp_path):
+    cfg = copy.deepcopy(ldman_env["cfg"])
+    cfg["protector"]["refine"].update(steps=5, growth=[0.0, 1.0])
+    protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
+                                                ldman_env["surrogate"], cfg))
+    chip = (ldman_env["images"][1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    out, records = protector.protect_chip(chip)
+    diff = np.abs(out.astype(int) - chip.astype(int))
+    assert diff.max() <= round(255 * cfg["ldman"]["epsilon"]) + 1 and diff.max() > 0
+    x0, y0, x1, y1 = (int(round(v)) for v in records[0].region)
+    inside = np.zeros(chip.shape[:2], bool)
+    inside[y0:y1, x0:x1] = True
+    assert diff[~inside].max() == 0
+
+
 def test_export_refuses_pickles(ldman_env, tmp_path):
     cfg = ldman_env["cfg"]
     stem = export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1), ldman_env["surrogate"], cfg)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from invisible_face.metrics import h_pn, mosr, mosr_correct, naturalness, psnr, ssim
+from invisible_face.metrics import h_pn, mosr, mosr_by_count, mosr_correct, naturalness, psnr, ssim
 
 LABELS = {"gender": torch.tensor([0, 1, 0, 1]), "race": torch.tensor([2, 2, 0, 1])}
 
@@ -37,3 +37,11 @@ def test_h_pn_is_a_harmonic_mean():
     assert s_nat == pytest.approx(0.5 * 0.9 + 0.5 * 0.5)
     assert h_pn(0.5, 0.9, 30.0) == pytest.approx(2 / (1 / 0.5 + 1 / s_nat))
     assert h_pn(0.0, 1.0, 40.0) == 0.0
+
+
+def test_mosr_by_count_averages_every_subset():
+    preds = {"gender": torch.tensor([1, 0, 0, 0]), "race": torch.tensor([1, 2, 1, 0])}
+    # gender fooled on 0, 1, 3; race on 0, 2, 3; both on 0, 3
+    by_count = mosr_by_count(preds, LABELS)
+    assert by_count[1] == pytest.approx((0.75 + 0.75) / 2)
+    assert by_count[2] == pytest.approx(mosr(preds, LABELS)) == pytest.approx(0.5)

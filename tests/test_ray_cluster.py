@@ -1,9 +1,9 @@
-"""The classifiers stage's training on a real two-node Ray cluster, joined through RAY_ADDRESS.
+"""The classifiers stage on a real two-node Ray cluster, joined through RAY_ADDRESS.
 
-Two ``ray start`` nodes (1 CPU each) on loopback stand in for a multi-node cluster; the driver
-runs in a subprocess with only RAY_ADDRESS set, exactly as a stage does on a cluster, and the two
-1-CPU DDP workers can only fit one per node. The nodes get their own temp dirs and ports and are
-stopped by killing the processes this test started (never ``ray stop``, which would also end any
+Two ``ray start`` nodes (1 CPU each) on loopback stand in for a multi-node cluster. The driver is
+the stage's own script on the quick profile, in a subprocess with only RAY_ADDRESS set, as on a
+cluster; each model's two 1-CPU DDP workers can only fit one per node. The nodes get their own
+temp dirs and ports and are stopped by killing the processes this test started (never ``ray stop``, which would also end any
 other Ray instance on the machine, e.g. a running ``dvc repro``).
 """
 
@@ -26,35 +26,28 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+import yaml
 from PIL import Image
 
-from invisible_face.params import PROJECT_ROOT
+from invisible_face.models import load_classifier
+from invisible_face.params import PROJECT_ROOT, deep_merge, load_params
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("ray") is None, reason="the ray CLI is not installed")]
 
-DRIVER = textwrap.dedent("""
-    import json, os, sys, time
-    import ray
-    from invisible_face import distributed
-    from invisible_face.classifiers import train_classifier
+PROBE = textwrap.dedent("""
+    import json, ray
 
-    distributed.init_ray()  # joins RAY_ADDRESS: the stage's own code path
-    deadline = time.time() + 60
-    while sum(n["Alive"] for n in ray.nodes()) < 2 and time.time() < deadline:
-        time.sleep(0.5)
-    config, storage = json.loads(sys.argv[1]), sys.argv[2]
-    _, history = train_classifier(config, name="two-nodes", storage_path=storage, scaling={
-        "num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0,
-        "keep_checkpoints": 1, "num_cpus": None})
-    # the GCS actor table (the state API would need the dashboard, which these nodes do not run)
+    ray.init()  # joins RAY_ADDRESS
+    # the GCS actor table keeps finished actors (the state API would need the dashboard, which these
+    # nodes do not run)
     actors = ray._private.state.actors().values()
     print("RESULT " + json.dumps({
         "address": ray.get_runtime_context().gcs_address,
         "nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
-        "worker_nodes": sorted(a["Address"]["NodeID"] for a in actors if a["ActorClassName"] == "RayTrainWorker"),
-        "history": history}), flush=True)
+        "worker_nodes": [a["Address"]["NodeID"] for a in actors if a["ActorClassName"] == "RayTrainWorker"]}))
 """)
+
 
 
 def free_port() -> int:
@@ -120,29 +113,59 @@ def two_nodes(tmp_path: Path) -> Iterator[str]:
         shutil.rmtree(temp_root, ignore_errors=True)
 
 
-def test_classifier_training_spans_both_nodes(two_nodes: str, tmp_path: Path) -> None:
-    folder = tmp_path / "utkface"
+def quick_params(work: Path, image_dir: Path) -> Path:
+    """params.yaml with the quick profile merged in, as ``invisible_face.params quick`` writes it,
+    with the images and Ray's run folder inside ``work``."""
+    params = deep_merge(load_params(PROJECT_ROOT / "params.yaml"), load_params(PROJECT_ROOT / "profiles/quick.yaml"))
+    params["profile"] = "quick"
+    params["data"]["image_dir"] = str(image_dir)
+    params["classifiers"]["storage_path"] = str(work / "ray_results")
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def synthetic_manifest(work: Path) -> Path:
+    """A few random chips in every split the classifiers stage reads (it only needs labels)."""
+    folder = work / "utkface"
     folder.mkdir()
     rng = np.random.default_rng(0)
     rows = []
-    for i, split in enumerate(["surrogate_train"] * 8 + ["val"] * 4):
+    for i, split in enumerate(["surrogate_train"] * 8 + ["target_train"] * 8 + ["val"] * 4 + ["test"] * 4):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{i:03d}.jpg")
         rows.append({"file": f"{i:03d}.jpg", "gender": i % 2, "age_bin": i % 5, "race": i % 5, "split": split})
-    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    config = {"arch": "vgg11_bn_small", "attributes": {"gender": 2, "age_bin": 5, "race": 5},
-              "input_size": 32, "image_size": 32, "manifest": str(tmp_path / "manifest.csv"),
-              "image_dir": str(folder), "train_splits": ["surrogate_train"], "val_splits": ["val"],
-              "epochs": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "flip": False, "seed": 0}
+    pd.DataFrame(rows).to_csv(work / "manifest.csv", index=False)
+    return work / "manifest.csv"
 
-    run = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(config), str(tmp_path / "ray")],
-                         cwd=PROJECT_ROOT, env={**os.environ, "RAY_ADDRESS": two_nodes, "RAY_AUTH_MODE": "disabled"},
-                         capture_output=True, text=True, timeout=240)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
+
+def test_classifiers_stage_spans_both_nodes(two_nodes: str, tmp_path: Path) -> None:
+    """The classifiers stage's own script, quick profile, 2 DDP workers, joined via RAY_ADDRESS."""
+    work = tmp_path / "work"
+    work.mkdir()
+    params = quick_params(work, work / "utkface")
+    manifest = synthetic_manifest(work)
+    env = {**os.environ, "RAY_ADDRESS": two_nodes, "RAY_AUTH_MODE": "disabled"}
+    stage = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "components/classifiers/main.py"), "--params", str(params),
+         "--manifest", str(manifest), "--out", str(work / "out")],
+        cwd=work, env=env, capture_output=True, text=True, timeout=240)
+    assert stage.returncode == 0, stage.stdout[-3000:] + stage.stderr[-3000:]
+
+    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=work, env=env, capture_output=True, text=True,
+                           timeout=60)
+    lines = [line for line in probe.stdout.splitlines() if line.startswith("RESULT ")]
+    assert probe.returncode == 0 and lines, probe.stdout[-3000:] + probe.stderr[-3000:]
     result = json.loads(lines[-1].removeprefix("RESULT "))
-    # the subprocess joined our cluster, not a local one (Ray reports 127.0.0.1 as the host's IP)
+    # the stage joined our cluster, not a local one (Ray reports 127.0.0.1 as the host's IP)
     assert result["address"].rsplit(":", 1)[1] == two_nodes.rsplit(":", 1)[1]
     assert len(result["nodes"]) == 2
-    assert sorted(set(result["worker_nodes"])) == result["nodes"]  # one worker on each node
-    assert [row["epoch"] for row in result["history"]] == [1]
-    assert np.isfinite(result["history"][0]["train_loss"])
+    quick = load_params(params)["classifiers"]
+    models = [quick["surrogate"]["name"], *(m["name"] for m in quick["zoo"])]
+    # two 1-CPU workers per model, and each node has 1 CPU: one worker on each node, every time
+    assert len(result["worker_nodes"]) == 2 * len(models)
+    assert sorted(set(result["worker_nodes"])) == result["nodes"]
+    metrics = json.loads((work / "out/metrics.json").read_text())
+    assert sorted(metrics) == sorted(models)
+    for name in models:
+        assert 0.0 <= metrics[name]["test_acc_mean"] <= 1.0
+        assert load_classifier(work / "out/models" / f"{name}.pt").arch == metrics[name]["arch"]

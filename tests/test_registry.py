@@ -41,4 +41,4 @@ def test_promotion_both_ways(registry, tiny_protector):
     from invisible_face.protector import Protector
 
     folder = mlflow.artifacts.download_artifacts(f"models:/if-test@{ALIAS}")
-    assert Protector.load(f"{folder}/protector").config["format_version"] == 1
+    assert Protector.load(f"{folder}/protector").config["format_version"] == 2

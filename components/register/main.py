@@ -18,7 +18,7 @@ from invisible_face.tracking import setup_mlflow
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--model", default="artifacts/train/protector")
+    parser.add_argument("--model", default="artifacts/export/protector")
     parser.add_argument("--metrics", default="artifacts/evaluate/metrics.json")
     parser.add_argument("--out", default="artifacts/register")
     args = parser.parse_args()

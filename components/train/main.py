@@ -1,7 +1,7 @@
-"""train stage: LD-MAN on Ray Train, then the self-contained protector export.
+"""train stage: LD-MAN on Ray Train.
 
-Outputs (artifacts/train/): protector.safetensors + protector.json (the export the
-CLI and the Serve app load), history.csv (per epoch, a DVC plot), grid.png (before / after /
+Outputs (artifacts/train/): generator.pt (G's plain state dict; the export stage packs it into the
+protector), history.csv (per epoch, a DVC plot), grid.png (before / after /
 perturbation x10 on validation chips), metrics.json. One MLflow run in the experiment "ldman".
 """
 
@@ -21,7 +21,7 @@ from invisible_face.directions import directional_perturbation
 from invisible_face.ldman_training import ProtectionSet, ldman_config, ldman_scaling, protect_chips, train_ldman
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
-from invisible_face.protector import export_protector, protection_grid
+from invisible_face.protector import protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
 
 
@@ -68,11 +68,10 @@ def main() -> None:
         protection_grid(images, protected, out / "grid.png")
         mlflow.log_artifact(str(out / "grid.png"))
 
-        export_protector(out / "protector", generator, surrogate, cfg)
+        torch.save(generator.state_dict(), out / "generator.pt")
         last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k == "epoch_time_s"}
         (out / "metrics.json").write_text(json.dumps(last, indent=2))
-        mlflow.log_artifact(str(out / "protector.safetensors"), "protector")
-        mlflow.log_artifact(str(out / "protector.json"), "protector")
+        mlflow.log_artifact(str(out / "generator.pt"))
     print(json.dumps(last, indent=2))
 
 

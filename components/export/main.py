@@ -1,0 +1,45 @@
+"""export stage: the self-contained protector, from the trained G, the surrogate and the params.
+
+Its own stage so that changing how the protector runs (``protector`` params, refinement, region
+search settings) re-exports in seconds instead of retraining LD-MAN. Outputs (artifacts/export/):
+protector.safetensors + protector.json, what the CLI, the evaluation, the registry and the Serve
+app load (DESIGN.md: tensors and a plain config only, never a pickle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from invisible_face.ldman import Generator
+from invisible_face.models import load_classifier
+from invisible_face.params import load_params
+from invisible_face.protector import export_protector
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--weights", default=None, help="JSON file with tuned loss_weights and beta (tune stage)")
+    parser.add_argument("--generator", default="artifacts/train/generator.pt")
+    parser.add_argument("--out", default="artifacts/export")
+    args = parser.parse_args()
+
+    cfg = load_params(args.params)
+    if args.weights:  # beta, the weight of eps_d, is part of how the protector runs
+        cfg["ldman"].update(json.loads(Path(args.weights).read_text()))
+    lcfg = cfg["ldman"]
+    generator = Generator(lcfg["epsilon"], lcfg["g_width"], lcfg["g_blocks"])
+    generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))
+    surrogate = load_classifier(Path("artifacts/classifiers/models") / f"{cfg['classifiers']['surrogate']['name']}.pt")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = export_protector(out / "protector", generator, surrogate, cfg)
+    print(f"protector exported to {stem}.safetensors + .json")
+
+
+if __name__ == "__main__":
+    main()

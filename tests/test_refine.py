@@ -1,0 +1,84 @@
+import torch
+from torch import nn
+
+from invisible_face.refine import all_but_least_likely, grow_rect, plausible_classes, refine_perturbation, set_margin
+from invisible_face.regions import rect_masks
+
+
+class Tiny(nn.Module):
+    """Two linear heads on a 4 x 4 thumbnail (resized inside, like the surrogate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = nn.ModuleDict({"a": nn.Linear(48, 2), "b": nn.Linear(48, 3)})
+
+    def forward(self, x):
+        z = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return {k: 10 * h(z - 0.5) for k, h in self.heads.items()}
+
+
+def test_grow_rect_goes_from_the_rect_to_the_union():
+    rect, outer = torch.tensor([[10.0, 20.0, 30.0, 40.0]]), torch.tensor([[5.0, 25.0, 50.0, 35.0]])
+    assert torch.equal(grow_rect(rect, outer, 0.0), rect)
+    assert torch.equal(grow_rect(rect, outer, 1.0), torch.tensor([[5.0, 20.0, 50.0, 40.0]]))
+    half = grow_rect(rect, outer, 0.5)
+    assert (half[:, :2] <= rect[:, :2]).all() and (half[:, 2:] >= rect[:, 2:]).all()
+
+
+def test_plausible_classes_cover_the_probability_and_never_all():
+    logits = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 0.9], [0.0, 0.0, 0.0]])
+    sets = plausible_classes(logits, cover=0.8)
+    assert sets[0].tolist() == [True, False, False]      # confident: the call alone
+    assert sets[1].sum() == 2 and sets[1, :2].all()      # unsure: the likeliest classes
+    assert not sets.all(1).any()                         # one class always stays outside
+    assert all_but_least_likely(torch.tensor([[0.0, -3.0, 1.0]])).tolist() == [[True, False, True]]
+
+
+def test_set_margin_is_negative_once_the_call_leaves_the_set():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    classes = torch.tensor([[True, False, False]] * 2)
+    assert set_margin(logits, classes).tolist() == [1.0, -3.0]
+
+
+def test_refine_fools_within_the_budget_and_the_mask():
+    model = Tiny().requires_grad_(False)
+    torch.manual_seed(1)
+    x = 0.45 + 0.1 * torch.rand(4, 3, 24, 24)  # near grey: the budget can move the calls
+    with torch.no_grad():
+        logits = model(x)
+    classes = {k: nn.functional.one_hot(v.argmax(1), v.shape[1]).bool() for k, v in logits.items()}
+    mask = rect_masks(torch.tensor([[4.0, 4.0, 20.0, 20.0]] * 4), 24, 24)
+    eps = 0.1
+    delta, fooled = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, eps, steps=40,
+                                        step_size=0.25, stop_margin=0.5)
+    assert delta.abs().max() <= eps + 1e-6
+    assert (delta * (1 - mask)).abs().max() == 0
+    assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
+    assert fooled.all()
+    with torch.no_grad():
+        after = model(x + delta)
+    assert all((after[k].argmax(1) != logits[k].argmax(1)).all() for k in logits)
+
+
+def test_refine_leaves_an_already_fooled_face_alone():
+    model = Tiny().requires_grad_(False)
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(x)
+    # sets that hold only the least likely class: every call is already outside them
+    classes = {k: ~all_but_least_likely(v) for k, v in logits.items()}
+    start = torch.full_like(x, 0.01) * (x < 0.99)
+    delta, fooled = refine_perturbation(model, x, start, torch.ones(2, 1, 16, 16), classes, 0.1, steps=5,
+                                        step_size=0.25, stop_margin=0.0)
+    assert fooled.all()
+    assert torch.allclose(delta, start)
+
+
+def test_zero_steps_only_clips_the_start():
+    model = Tiny().requires_grad_(False)
+    x = torch.rand(1, 3, 8, 8)
+    classes = {"a": torch.tensor([[True, False]]), "b": torch.tensor([[True, False, False]])}
+    delta, _ = refine_perturbation(model, x, torch.full_like(x, 0.5), torch.ones(1, 1, 8, 8), classes, 0.05,
+                                   steps=0, step_size=0.25, stop_margin=1.0)
+    assert delta.abs().max() <= 0.05 + 1e-6
