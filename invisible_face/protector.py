@@ -42,13 +42,18 @@ class FaceRecord:
     ms: float
     predicted_before: dict[str, int] = field(default_factory=dict)
     predicted_after: dict[str, int] = field(default_factory=dict)
+    # the export's audit model (a target the protector never attacked), when it holds one
+    target_before: dict[str, int] = field(default_factory=dict)
+    target_after: dict[str, int] = field(default_factory=dict)
 
 
-def export_protector(stem: str | Path, generator: Generator, surrogate: AttributeClassifier, cfg: dict[str, Any]) -> Path:
-    """Write ``<stem>.safetensors`` and ``<stem>.json`` from trained networks and the params."""
+def export_protector(stem: str | Path, generator: Generator, surrogate: AttributeClassifier, cfg: dict[str, Any],
+                     target: tuple[str, AttributeClassifier] | None = None) -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` from trained networks and the params.
+    ``target``: (name, model) of a zoo model shipped for audits (predictions before and after)."""
     stem = Path(stem)
-    tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    tensors.update({f"surrogate.{k}": v.detach().cpu().contiguous() for k, v in surrogate.state_dict().items()})
+    nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
+    tensors = {f"{net}.{k}": v.detach().cpu().contiguous() for net, m in nets.items() for k, v in m.state_dict().items()}
     lcfg = cfg["ldman"]
     config = {
         "format_version": FORMAT_VERSION,
@@ -65,6 +70,8 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
         "face_margin": cfg["protector"]["face_margin"],
         "seed": cfg["seed"],
     }
+    if target:
+        config["target"] = {"name": target[0], **target[1].config()}
     save_file(tensors, str(stem.with_suffix(".safetensors")))
     stem.with_suffix(".json").write_text(json.dumps(config, indent=2))
     return stem
@@ -73,8 +80,10 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
 class Protector:
     """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops."""
 
-    def __init__(self, config: dict[str, Any], generator: Generator, surrogate: AttributeClassifier) -> None:
+    def __init__(self, config: dict[str, Any], generator: Generator, surrogate: AttributeClassifier,
+                 target: AttributeClassifier | None = None) -> None:
         self.config, self.generator, self.surrogate = config, generator.eval(), surrogate.eval()
+        self.target = target.eval().requires_grad_(False) if target is not None else None
         self.generator.requires_grad_(False)
         self.surrogate.requires_grad_(False)
         self.landmarks = make_backend(config["landmarks"]["backend"], config["landmarks"]["upsample_photo"])
@@ -90,16 +99,25 @@ class Protector:
         tensors = load_file(str(stem.with_suffix(".safetensors")))
         g = Generator(**config["generator"])
         g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
-        s = config["surrogate"]
-        surrogate = build_classifier(s["arch"], s["attributes"], s["input_size"], s.get("dropout", 0.0))
-        surrogate.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("surrogate.")})
-        return cls(config, g, surrogate)
+        def classifier(net: str) -> AttributeClassifier:
+            c = config[net]
+            model = build_classifier(c["arch"], c["attributes"], c["input_size"], c.get("dropout", 0.0))
+            model.load_state_dict({k[len(net) + 1:]: v for k, v in tensors.items() if k.startswith(f"{net}.")})
+            return model
+
+        return cls(config, g, classifier("surrogate"), classifier("target") if "target" in config else None)
 
     # ------------------------------------------------------------------ one face
 
-    def _predict(self, x: torch.Tensor) -> dict[str, int]:
+    def _predict(self, x: torch.Tensor, model: AttributeClassifier | None = None) -> dict[str, int]:
         with torch.no_grad():
-            return {k: int(v.argmax(1)) for k, v in self.surrogate(x[None]).items()}
+            return {k: int(v.argmax(1)) for k, v in (model or self.surrogate)(x[None]).items()}
+
+    def audit(self, clean: torch.Tensor, protected: torch.Tensor) -> dict[str, dict[str, int]]:
+        """The audit model's calls on a crop before and after (empty without one)."""
+        if self.target is None:
+            return {}
+        return {"target_before": self._predict(clean, self.target), "target_after": self._predict(protected, self.target)}
 
     def protect_face(self, crop: torch.Tensor, points: np.ndarray, labels: dict[str, int] | None = None
                      ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict]:
@@ -182,7 +200,7 @@ class Protector:
         for face in self.landmarks.detect(image):
             t0 = time.perf_counter()
             left, top, right, bottom = self.face_crop_box(face, h, w)
-            crop = out[:, top:bottom, left:right]
+            crop = out[:, top:bottom, left:right].clone()
             points = face.points - np.array([left, top], dtype=np.float32)
             protected, rect, before, after = self.protect_face(crop, points)
             out[:, top:bottom, left:right] = protected
@@ -190,7 +208,7 @@ class Protector:
                 box=[float(v) for v in face.box],
                 region=[rect[0] + left, rect[1] + top, rect[2] + left, rect[3] + top],
                 detected=True, score=face.score, ms=1000 * (time.perf_counter() - t0),
-                predicted_before=before, predicted_after=after))
+                predicted_before=before, predicted_after=after, **self.audit(crop, protected)))
         return to_uint8(out), records
 
     def protect_chip(self, image: np.ndarray, labels: dict[str, int] | None = None) -> tuple[np.ndarray, list[FaceRecord]]:
@@ -202,7 +220,7 @@ class Protector:
         protected, rect, before, after = self.protect_face(crop, face.points, labels)
         record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
                             score=face.score, ms=1000 * (time.perf_counter() - t0),
-                            predicted_before=before, predicted_after=after)
+                            predicted_before=before, predicted_after=after, **self.audit(crop, protected))
         return to_uint8(protected), [record]
 
 

@@ -52,7 +52,7 @@ CONFIG_PATH = SERVING_DIR / "config.yaml"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
                "TIFF": "image/tiff"}
 TARGET_UNAVAILABLE = {"available": False,
-                      "reason": "the protector export holds only the surrogate; no target model is served"}
+                      "reason": "this protector export holds no audit model (protector.audit_model)"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,8 @@ class ProtectorModel:
                 "replica": serve.get_replica_context().replica_id.unique_id,
                 "surrogate": {"arch": surrogate["arch"], "input_size": surrogate["input_size"]},
                 "attributes": self.protector.config["attributes"],
-                "target": self.protector.config.get("target") or TARGET_UNAVAILABLE,
+                "target": ({"available": True, **{k: self.protector.config["target"][k] for k in ("name", "arch", "input_size")}}
+                           if self.protector.target is not None else TARGET_UNAVAILABLE),
                 **self.batching,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
 
@@ -234,11 +235,13 @@ def encode(photo: Photo, rgb: np.ndarray) -> tuple[bytes, str]:
     return data, MEDIA_TYPES[photo.format if photo.format in FORMATS else "PNG"]
 
 
-def readable_predictions(record: dict[str, Any], attributes: dict[str, list[str]]) -> dict[str, Any]:
-    """Class indices -> class names, and which attributes the protection changed."""
+def readable_predictions(record: dict[str, Any], attributes: dict[str, list[str]],
+                         model: str = "predicted") -> dict[str, Any]:
+    """Class indices -> class names, and which attributes the protection changed.
+    ``model``: "predicted" (the surrogate) or "target" (the audit model)."""
     def names(pred: dict[str, int]) -> dict[str, str]:
         return {k: attributes[k][v] if k in attributes else str(v) for k, v in pred.items()}
-    before, after = record["predicted_before"], record["predicted_after"]
+    before, after = record[f"{model}_before"], record[f"{model}_after"]
     return {"before": names(before), "after": names(after),
             "changed": sorted(k for k in before if before[k] != after.get(k))}
 
@@ -329,13 +332,16 @@ class Ingress:
 
     @api.post("/analyze", openapi_extra=UPLOAD)
     async def analyze(self, request: Request, image: bool = False) -> JSONResponse:
-        """Surrogate predictions per face before and after protection (``?image=true`` adds the
-        protected photo in base64). The target model is reported unavailable: the export has none."""
+        """Predictions per face before and after protection, of the surrogate and of the export's audit
+        model (a target the protector never attacked), if it holds one (``?image=true`` adds the
+        protected photo in base64)."""
         t0 = time.perf_counter()
         photo, result, encoded, media_type = await self._protect(request)
         info = await self._call_model("info")
         faces = [{"box": f["box"], "region": f["region"], "detected": f["detected"], "score": f["score"],
-                  "surrogate": readable_predictions(f, info["attributes"])} for f in result["faces"]]
+                  "surrogate": readable_predictions(f, info["attributes"]),
+                  **({"target": readable_predictions(f, info["attributes"], "target")} if f["target_before"] else {})}
+                 for f in result["faces"]]
         body = {"status": "protected" if faces else "no_face", "faces": faces,
                 "surrogate": info["surrogate"], "target": info["target"], "attributes": info["attributes"],
                 "width": photo.rgb.shape[1], "height": photo.rgb.shape[0],

@@ -90,7 +90,9 @@ def tiny_protector(tmp_path_factory, params) -> Path:
     generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
     cfg["ldman"].update(g_width=8, g_blocks=1)
     cfg["protector"]["refine"]["steps"] = 2  # exercised, but kept short
-    return export_protector(tmp_path_factory.mktemp("export") / "protector", generator, surrogate, cfg)
+    audit = build_classifier("vgg11_bn_small", {"gender": 2, "age_bin": 5, "race": 5}, input_size=32).eval()
+    return export_protector(tmp_path_factory.mktemp("export") / "protector", generator, surrogate, cfg,
+                            ("target_tiny", audit))
 
 
 def pytest_collection_modifyitems(items):

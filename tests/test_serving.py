@@ -99,7 +99,7 @@ def test_healthz_reports_a_warm_model(url):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["warm"] is True and body["model"].endswith("protector")
-    assert body["target"]["available"] is False
+    assert body["target"] == {"available": True, "name": "target_tiny", "arch": "vgg11_bn_small", "input_size": 32}
 
 
 def test_openapi_schema_lists_the_endpoints(url):
@@ -138,14 +138,16 @@ def test_protect_json_carries_the_image(url, face):
     assert outside.max() == 0  # PNG is lossless: only the region changed
 
 
-def test_analyze_gives_surrogate_predictions_before_and_after(url, face):
+def test_analyze_gives_surrogate_and_target_predictions_before_and_after(url, face):
     r = post(url, encode(face, "JPEG"), path="/analyze")
     assert r.status_code == 200
     body = r.json()
-    assert body["target"]["available"] is False and "only the surrogate" in body["target"]["reason"]
-    preds = body["faces"][0]["surrogate"]
-    for attr, classes in body["attributes"].items():
-        assert preds["before"][attr] in classes and preds["after"][attr] in classes
+    assert body["target"]["available"] is True and body["target"]["name"] == "target_tiny"
+    for model in ("surrogate", "target"):
+        preds = body["faces"][0][model]
+        for attr, classes in body["attributes"].items():
+            assert preds["before"][attr] in classes and preds["after"][attr] in classes
+        assert set(preds["changed"]) <= set(body["attributes"])
     assert "image_base64" not in body
 
 
@@ -344,7 +346,8 @@ def test_browser_upload_shows_protected_photo_and_predictions(url, tmp_path):
         assert len(rows) == 1 + 3  # header + gender, age_bin, race
         assert driver.find_element(By.ID, "protected").get_attribute("width") == "910"
         assert driver.find_element(By.ID, "download").get_attribute("href").startswith("data:image/jpeg;base64,")
-        assert "unavailable" in driver.find_element(By.ID, "predictions").text
+        text = driver.find_element(By.ID, "predictions").text
+        assert "target_tiny before" in text and "never attacked" in text
         shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
         target = (PROJECT_ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path) / "serving-page.png"
         target.parent.mkdir(exist_ok=True)

@@ -61,7 +61,7 @@ def variant(protector: Protector, override: dict) -> Protector:
     config = copy.deepcopy(protector.config)
     for section, values in override.items():
         config[section].update(values)
-    return Protector(config, protector.generator, protector.surrogate)
+    return Protector(config, protector.generator, protector.surrogate, protector.target)
 
 
 def adversary_chips(cfg: dict, n: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Its own stage so that changing how the protector runs (``protector`` params, refinement, region
 search settings) re-exports in seconds instead of retraining LD-MAN. Outputs (artifacts/export/):
-protector.safetensors + protector.json, what the CLI, the evaluation, the registry and the Serve
+protector.safetensors + protector.json (with ``protector.audit_model``, a zoo model the protector
+never attacks, for the Serve app's /analyze), what the CLI, the evaluation, the registry and the Serve
 app load (DESIGN.md: tensors and a plain config only, never a pickle).
 """
 
@@ -34,10 +35,13 @@ def main() -> None:
     lcfg = cfg["ldman"]
     generator = Generator(lcfg["epsilon"], lcfg["g_width"], lcfg["g_blocks"])
     generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))
-    surrogate = load_classifier(Path("artifacts/classifiers/models") / f"{cfg['classifiers']['surrogate']['name']}.pt")
+    models = Path("artifacts/classifiers/models")
+    surrogate = load_classifier(models / f"{cfg['classifiers']['surrogate']['name']}.pt")
+    audit = cfg["protector"]["audit_model"]
+    target = (audit, load_classifier(models / f"{audit}.pt")) if audit else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = export_protector(out / "protector", generator, surrogate, cfg)
+    stem = export_protector(out / "protector", generator, surrogate, cfg, target)
     print(f"protector exported to {stem}.safetensors + .json")
 
 
