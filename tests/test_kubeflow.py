@@ -87,7 +87,8 @@ def test_artifact_types(compiled: dict) -> None:
     title = lambda stage, art: outputs[stage][art]["artifactType"]["schemaTitle"]  # noqa: E731
     assert title("validate", "manifest_csv") == "system.Dataset"
     assert title("classifiers", "models") == "system.Model"
-    assert title("train", "protector_safetensors") == title("train", "protector_json") == "system.Model"
+    assert title("train", "generator_pt") == "system.Model"
+    assert title("export", "protector_safetensors") == title("export", "protector_json") == "system.Model"
     assert all(title(name, "metrics_json") == "system.Metrics" for name in STAGES if "metrics_json" in outputs[name])
     assert title("register", "decision_json") == "system.Metrics"
 
