@@ -1,11 +1,11 @@
 """The protector: one inference object for the CLI, the evaluation and the Serve app.
 
 photo -> detect faces -> landmarks -> per face: square crop at the face's own resolution,
-region (Algorithm 1), eps_d (Algorithm 2, the N neighbours in one batch), G over a window around
-the region, paste back -> protected photo + a record per face.
+region (Algorithm 1), eps_d (Algorithm 2, when ``use_dp``), G over a window around the region,
+refinement on the surrogate (invisible_face.refine), paste back -> protected photo + a record per face.
 
-The export is ``<stem>.safetensors`` (generator and surrogate tensors) + ``<stem>.json`` (a plain
-config): loading it never unpickles anything, so a tampered file cannot run code.
+The export is ``<stem>.safetensors`` (generator, surrogate and optional audit-model tensors) +
+``<stem>.json`` (a plain config): loading it never unpickles anything, so a tampered file cannot run code.
 """
 
 from __future__ import annotations
