@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 
-
 def grow_rect(rect: torch.Tensor, outer: torch.Tensor, t: float) -> torch.Tensor:
     """The rectangle ``t`` of the way from ``rect`` to the union of ``rect`` and ``outer``.
 
@@ -35,12 +34,6 @@ def plausible_classes(logits: torch.Tensor, cover: float) -> torch.Tensor:
     keep = (probs.cumsum(1) - probs) < cover            # classes needed to reach the cover
     keep[:, 0], keep[:, -1] = True, False
     return torch.zeros_like(keep).scatter(1, order, keep)
-
-
-def all_but_least_likely(logits: torch.Tensor) -> torch.Tensor:
-    """Every class except the least likely one: steering out of this set is a targeted move to
-    the call the model finds least plausible, which is rarely the truth. B x C -> B x C bool."""
-    return ~torch.nn.functional.one_hot(logits.argmin(1), logits.shape[1]).bool()
 
 
 def set_margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

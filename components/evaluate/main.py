@@ -22,8 +22,8 @@ from invisible_face.classifiers import attribute_sizes
 from invisible_face.data import FaceAttributes
 from invisible_face.evaluation import (TestSet, perturbation_kde, predict, purify, quantise, robustness, run_method,
                                        score, train_purifier)
-from invisible_face.metrics import mosr
 from invisible_face.identity import IdentityEmbedder
+from invisible_face.metrics import mosr
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
 from invisible_face.protector import Protector, protection_grid, to_uint8
