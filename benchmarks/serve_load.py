@@ -35,26 +35,6 @@ sys.path.insert(0, str(ROOT))
 REPLICA_MARK = "invisible-face#ProtectorModel#"  # in Serve replica actor names
 
 
-def tiny_export(folder: Path) -> Path:
-    """Untrained networks with a short region search: measures the serving path, not the method."""
-    import copy
-
-    import torch
-
-    from invisible_face.ldman import Generator
-    from invisible_face.models import build_classifier
-    from invisible_face.params import load_params
-    from invisible_face.protector import export_protector
-
-    torch.manual_seed(0)
-    cfg = copy.deepcopy(load_params(ROOT / "params.yaml"))
-    cfg["ldman"].update(g_width=8, g_blocks=1)
-    cfg["regions"].update(t_max=1.0, t_min=0.5, restarts=1)
-    cfg["directions"]["n_neighbours"] = 1
-    surrogate = build_classifier("resnet18", {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}, 32)
-    return export_protector(folder / "protector", Generator(cfg["ldman"]["epsilon"], 8, 1), surrogate.eval(), cfg)
-
-
 def load_photos(folder: Path, max_side: int) -> list[tuple[str, bytes]]:
     """(name, bytes) per photo, downscaled so the longer side is at most max_side (0: as is)."""
     photos = []
@@ -160,13 +140,17 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from invisible_face.params import load_params
+    from invisible_face.protector import untrained_export
+
     os.chdir(ROOT)  # Ray workers import serving.app from the driver's directory
     ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else os.cpu_count(), include_dashboard=False,
              log_to_driver=False)
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     try:
         config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())["applications"][0]["args"]
-        model = tiny_export(tmp) if args.tiny else Path(args.model or config["model"])
+        model = untrained_export(tmp / "protector", load_params(ROOT / "params.yaml")) if args.tiny \
+            else Path(args.model or config["model"])
         photos = load_photos(Path(args.photos), args.max_side)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

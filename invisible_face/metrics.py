@@ -21,10 +21,11 @@ def mosr_by_count(predictions: dict[str, torch.Tensor], labels: dict[str, torch.
     k-subset of the attributes (k = A is :func:`mosr`)."""
     from itertools import combinations
 
-    names = list(labels)
-    return {k: sum(mosr({a: predictions[a] for a in subset}, {a: labels[a] for a in subset})
-                   for subset in combinations(names, k)) / len(list(combinations(names, k)))
-            for k in range(1, len(names) + 1)}
+    by_count = {}
+    for k in range(1, len(labels) + 1):
+        subsets = list(combinations(labels, k))
+        by_count[k] = sum(mosr({a: predictions[a] for a in sub}, {a: labels[a] for a in sub}) for sub in subsets) / len(subsets)
+    return by_count
 
 
 def mosr_correct(clean_predictions: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor],

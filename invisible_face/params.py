@@ -21,6 +21,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
+def with_tuned_weights(params: dict[str, Any], weights: str | Path | None) -> dict[str, Any]:
+    """``params`` with the tune stage's best loss weights and beta (its ``best.json``) in ``ldman``;
+    unchanged when ``weights`` is None."""
+    if weights:
+        import json
+
+        params["ldman"].update(json.loads(Path(weights).read_text()))
+    return params
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Return ``base`` with ``override`` merged in recursively (override wins)."""
     merged = copy.deepcopy(base)

@@ -17,6 +17,10 @@ class PhotoError(ValueError):
     """The bytes are not a photo we can protect (not an image, truncated, too large)."""
 
 
+class PhotoTooLarge(PhotoError):
+    """More pixels than allowed, or a decompression bomb (told from its header, before decoding)."""
+
+
 @dataclass
 class Photo:
     rgb: np.ndarray            # H x W x 3 uint8, upright
@@ -30,7 +34,7 @@ def read_photo(data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Photo:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format or "PNG"
             if img.width * img.height > max_pixels:
-                raise PhotoError(f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels}")
+                raise PhotoTooLarge(f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels}")
             img = ImageOps.exif_transpose(img)  # also loads the pixels: truncation fails here
             alpha = None
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -45,7 +49,7 @@ def read_photo(data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Photo:
     except PhotoError:
         raise
     except Image.DecompressionBombError as err:
-        raise PhotoError(f"refused as a decompression bomb: {err}") from err
+        raise PhotoTooLarge(f"refused as a decompression bomb: {err}") from err
     except Exception as err:  # PIL raises many types for bad input
         raise PhotoError(f"not a readable image: {type(err).__name__}: {err}") from err
     return Photo(rgb, alpha, fmt)

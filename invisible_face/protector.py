@@ -77,6 +77,23 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
     return stem
 
 
+def untrained_export(stem: str | Path, cfg: dict[str, Any]) -> Path:
+    """An export of untrained, small networks with a short region search and refinement: it runs
+    the CLI and serving paths in seconds and says nothing about protection quality."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg["ldman"].update(g_width=8, g_blocks=1)
+    cfg["regions"].update(t_max=1.0, t_min=0.5, restarts=1)
+    cfg["protector"]["refine"]["steps"] = 2
+    attributes = {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}
+    torch.manual_seed(0)
+    surrogate = build_classifier("resnet18", attributes, input_size=32).eval()
+    audit = build_classifier("vgg11_bn_small", attributes, input_size=32).eval()
+    generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
+    return export_protector(stem, generator, surrogate, cfg, ("target_tiny", audit))
+
+
 class Protector:
     """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops."""
 
@@ -133,11 +150,13 @@ class Protector:
             rect_xy = select_region(self.surrogate, crop, points, self.config["regions"],
                                     np.random.default_rng(self.config["seed"])).rect
         rect = torch.tensor([rect_xy])
-        before = self._predict(crop)
+        with torch.no_grad():
+            clean_logits = self.surrogate(crop[None])
+        before = {k: int(v.argmax(1)) for k, v in clean_logits.items()}
         eps_d = None
         if pcfg["use_dp"]:
-            labels = {k: torch.tensor([v]) for k, v in before.items()}  # the model's own calls stand in for labels
-            eps_d = directional_perturbation(self.surrogate, crop[None], labels, self.config["directions"]["n_neighbours"],
+            calls = {k: torch.tensor([v]) for k, v in before.items()}  # the model's own calls stand in for labels
+            eps_d = directional_perturbation(self.surrogate, crop[None], calls, self.config["directions"]["n_neighbours"],
                                              self.config["directions"]["neighbourhood_radius"],
                                              torch.Generator().manual_seed(self.config["seed"]))
         # G's window: the training window scaled to this crop's size, never smaller than the region
@@ -152,13 +171,13 @@ class Protector:
             eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
         delta = torch.zeros_like(crop)[None]
         delta[:, :, top:top + size, left:left + size] = eps_l
-        delta, rect = self._refine(crop, delta, rect, points, labels)
+        delta, rect = self._refine(crop, delta, rect, points, clean_logits, labels)
         protected = apply_perturbation(crop[None], delta)[0]
         rect_xy = tuple(float(v) for v in rect[0])
         return protected, rect_xy, before, self._predict(protected)
 
     def _refine(self, crop: torch.Tensor, delta: torch.Tensor, rect: torch.Tensor, points: np.ndarray,
-                labels: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                clean_logits: dict[str, torch.Tensor], labels: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Refinement of G's perturbation (invisible_face.refine): steps inside the region, which
         grows toward the landmarks' box while the face is not yet protected -> (delta, final rect)."""
         rcfg = self.config["refine"]
@@ -167,10 +186,10 @@ class Protector:
         _, h, w = crop.shape
         lo, hi = points.min(0), points.max(0) + 1
         outer = torch.tensor([[max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)]], dtype=rect.dtype)
-        with torch.no_grad():  # without true labels: steer away from every class the model finds plausible
-            classes = {k: plausible_classes(v, rcfg["cover"]) if labels is None
-                       else F.one_hot(torch.tensor([labels[k]]), v.shape[1]).bool()
-                       for k, v in self.surrogate(crop[None]).items()}
+        # without true labels: steer away from every class the model finds plausible
+        classes = {k: plausible_classes(v, rcfg["cover"]) if labels is None
+                   else F.one_hot(torch.tensor([labels[k]]), v.shape[1]).bool()
+                   for k, v in clean_logits.items()}
         for t in rcfg["growth"]:
             rect = grow_rect(rect, outer, t)
             delta, fooled = refine_perturbation(self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes,

@@ -78,21 +78,9 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_protector(tmp_path_factory, params) -> Path:
     """An export of untrained networks (fast): for I/O behaviour, never for protection quality."""
-    import torch
+    from invisible_face.protector import untrained_export
 
-    from invisible_face.ldman import Generator
-    from invisible_face.models import build_classifier
-    from invisible_face.protector import export_protector
-
-    torch.manual_seed(0)
-    surrogate = build_classifier("resnet18", {"gender": 2, "age_bin": 5, "race": 5}, input_size=32).eval()
-    cfg = copy.deepcopy(params)
-    generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
-    cfg["ldman"].update(g_width=8, g_blocks=1)
-    cfg["protector"]["refine"]["steps"] = 2  # exercised, but kept short
-    audit = build_classifier("vgg11_bn_small", {"gender": 2, "age_bin": 5, "race": 5}, input_size=32).eval()
-    return export_protector(tmp_path_factory.mktemp("export") / "protector", generator, surrogate, cfg,
-                            ("target_tiny", audit))
+    return untrained_export(tmp_path_factory.mktemp("export") / "protector", params)
 
 
 def pytest_collection_modifyitems(items):

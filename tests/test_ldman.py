@@ -114,6 +114,31 @@ def test_protector_changes_only_the_reported_region_within_budget(ldman_env, tmp
     assert diff[~inside].max() == 0
 
 
+def test_refinement_steers_from_the_given_labels_or_the_plausible_classes(ldman_env, tmp_path, monkeypatch):
+    import invisible_face.protector as protector_module
+    from invisible_face.refine import plausible_classes
+
+    cfg = copy.deepcopy(ldman_env["cfg"])
+    cfg["protector"]["use_dp"] = True  # DP's own labels (the model's calls) must not leak into the refinement
+    protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
+                                                ldman_env["surrogate"], cfg))
+    seen = []
+    real = protector_module.refine_perturbation
+    monkeypatch.setattr(protector_module, "refine_perturbation",
+                        lambda *args, **kw: seen.append(args[4]) or real(*args, **kw))
+    chip = (ldman_env["images"][2].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    labels = {"gender": 1, "age_bin": 4, "race": 3}
+    protector.protect_chip(chip, labels)
+    for k, v in labels.items():
+        assert seen[0][k].tolist() == [[c == v for c in range(ATTRS[k])]]
+    seen.clear()
+    protector.protect_chip(chip)
+    with torch.no_grad():
+        logits = protector.surrogate(torch.from_numpy(chip).permute(2, 0, 1)[None].float() / 255)
+    for k, v in logits.items():
+        assert torch.equal(seen[0][k], plausible_classes(v, cfg["protector"]["refine"]["cover"]))
+
+
 def test_export_refuses_pickles(ldman_env, tmp_path):
     cfg = ldman_env["cfg"]
     stem = export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1), ldman_env["surrogate"], cfg)

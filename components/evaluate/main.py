@@ -48,12 +48,13 @@ def protector_method(protector: Protector, known_labels: bool = False):
     return protect
 
 
-# Protector variants (inference-time switches on the same export): what each part contributes
+# Protector variants (inference-time switches on the same export): what each part contributes.
+# name -> (config overrides, whether it is told the true labels)
 VARIANTS = {
-    "invisible_face_known_labels": {},                                         # told the true attributes
-    "invisible_face_dp": {"protect": {"use_dp": True}},                        # + beta * eps_d before refining
-    "invisible_face_ldman_only": {"protect": {"use_dp": True}, "refine": {"steps": 0}},  # the paper's inference
-    "invisible_face_full_region": {"protect": {"full_region": True}},          # Table V: the whole crop
+    "invisible_face_known_labels": ({}, True),
+    "invisible_face_dp": ({"protect": {"use_dp": True}}, False),                        # + beta * eps_d before refining
+    "invisible_face_ldman_only": ({"protect": {"use_dp": True}, "refine": {"steps": 0}}, False),  # the paper's inference
+    "invisible_face_full_region": ({"protect": {"full_region": True}}, False),          # Table V: the whole crop
 }
 
 
@@ -93,8 +94,8 @@ def main() -> None:
     epsilon = cfg["ldman"]["epsilon"]
 
     methods = {"invisible_face": protector_method(protector)}
-    for name, override in VARIANTS.items():
-        methods[name] = protector_method(variant(protector, override), known_labels=name.endswith("known_labels"))
+    for name, (override, known_labels) in VARIANTS.items():
+        methods[name] = protector_method(variant(protector, override), known_labels)
     for name in ecfg["baselines"]:
         methods[name] = lambda x, y, n=name: baseline_attack(n, surrogate, x, y, epsilon, ecfg["baseline_steps"],
                                                            cfg["ldman"]["kappa"])

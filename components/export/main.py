@@ -10,14 +10,13 @@ app load (DESIGN.md: tensors and a plain config only, never a pickle).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from invisible_face.ldman import Generator
 from invisible_face.models import load_classifier
-from invisible_face.params import load_params
+from invisible_face.params import load_params, with_tuned_weights
 from invisible_face.protector import export_protector
 
 
@@ -29,9 +28,7 @@ def main() -> None:
     parser.add_argument("--out", default="artifacts/export")
     args = parser.parse_args()
 
-    cfg = load_params(args.params)
-    if args.weights:  # beta, the weight of eps_d, is part of how the protector runs
-        cfg["ldman"].update(json.loads(Path(args.weights).read_text()))
+    cfg = with_tuned_weights(load_params(args.params), args.weights)
     lcfg = cfg["ldman"]
     generator = Generator(lcfg["epsilon"], lcfg["g_width"], lcfg["g_blocks"])
     generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))

@@ -20,7 +20,7 @@ from invisible_face.data import FaceAttributes
 from invisible_face.directions import directional_perturbation
 from invisible_face.ldman_training import ProtectionSet, ldman_config, ldman_scaling, protect_chips, train_ldman
 from invisible_face.models import load_classifier
-from invisible_face.params import load_params
+from invisible_face.params import load_params, with_tuned_weights
 from invisible_face.protector import protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
 
@@ -33,9 +33,7 @@ def main() -> None:
     parser.add_argument("--run-name", default="ldman")
     args = parser.parse_args()
 
-    cfg = load_params(args.params)
-    if args.weights:  # the tune stage's best loss weights and beta
-        cfg["ldman"].update(json.loads(Path(args.weights).read_text()))
+    cfg = with_tuned_weights(load_params(args.params), args.weights)
     lcfg = cfg["ldman"]
     config = ldman_config(cfg)
     surrogate_path = config["surrogate"]
