@@ -24,11 +24,11 @@ from safetensors.torch import load_file, save_file
 from invisible_face.directions import directional_perturbation
 from invisible_face.ldman import Generator, apply_perturbation, local_perturbation, region_window
 from invisible_face.landmarks import Face, make_backend
-from invisible_face.models import AttributeClassifier, build_classifier
+from invisible_face.models import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation
-from invisible_face.regions import rect_masks, select_region
+from invisible_face.regions import clean_log_probs, rect_masks, select_region
 
-FORMAT_VERSION = 2  # 2: refinement settings
+FORMAT_VERSION = 3  # 2: refinement settings; 3: chip upsampling
 
 
 @dataclass
@@ -65,6 +65,7 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
         "directions": {k: cfg["directions"][k] for k in ("n_neighbours", "neighbourhood_radius")},
         "regions": {k: cfg["regions"][k] for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
         "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": cfg["protector"]["upsample"],
+                      "upsample_chip": cfg["landmarks"]["upsample"],
                       "fallback_box": cfg["landmarks"]["fallback_box"]},
         "refine": cfg["protector"]["refine"],
         "face_margin": cfg["protector"]["face_margin"],
@@ -117,10 +118,8 @@ class Protector:
         g = Generator(**config["generator"])
         g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
         def classifier(net: str) -> AttributeClassifier:
-            c = config[net]
-            model = build_classifier(c["arch"], c["attributes"], c["input_size"], c.get("dropout", 0.0))
-            model.load_state_dict({k[len(net) + 1:]: v for k, v in tensors.items() if k.startswith(f"{net}.")})
-            return model
+            return classifier_from_state(config[net], {k[len(net) + 1:]: v for k, v in tensors.items()
+                                                       if k.startswith(f"{net}.")})
 
         return cls(config, g, classifier("surrogate"), classifier("target") if "target" in config else None)
 
@@ -144,15 +143,14 @@ class Protector:
         pcfg = self.config["protect"]
         _, h, w = crop.shape
         # seeded per face, so the same photo always gets the same protection
+        clean_log_p = clean_log_probs(self.surrogate, crop)  # shared by the region search and refinement
         if pcfg.get("full_region"):  # ablation (paper Table V): the whole crop is the region
             rect_xy = (0.0, 0.0, float(w), float(h))
         else:
             rect_xy = select_region(self.surrogate, crop, points, self.config["regions"],
-                                    np.random.default_rng(self.config["seed"])).rect
+                                    np.random.default_rng(self.config["seed"]), clean=clean_log_p).rect
         rect = torch.tensor([rect_xy])
-        with torch.no_grad():
-            clean_logits = self.surrogate(crop[None])
-        before = {k: int(v.argmax(1)) for k, v in clean_logits.items()}
+        before = {k: int(v.argmax(1)) for k, v in clean_log_p.items()}
         eps_d = None
         if pcfg["use_dp"]:
             calls = {k: torch.tensor([v]) for k, v in before.items()}  # the model's own calls stand in for labels
@@ -171,13 +169,13 @@ class Protector:
             eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
         delta = torch.zeros_like(crop)[None]
         delta[:, :, top:top + size, left:left + size] = eps_l
-        delta, rect = self._refine(crop, delta, rect, points, clean_logits, labels)
+        delta, rect = self._refine(crop, delta, rect, points, clean_log_p, labels)
         protected = apply_perturbation(crop[None], delta)[0]
         rect_xy = tuple(float(v) for v in rect[0])
         return protected, rect_xy, before, self._predict(protected)
 
     def _refine(self, crop: torch.Tensor, delta: torch.Tensor, rect: torch.Tensor, points: np.ndarray,
-                clean_logits: dict[str, torch.Tensor], labels: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                clean_log_p: dict[str, torch.Tensor], labels: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Refinement of G's perturbation (invisible_face.refine): steps inside the region, which
         grows toward the landmarks' box while the face is not yet protected -> (delta, final rect)."""
         rcfg = self.config["refine"]
@@ -189,7 +187,7 @@ class Protector:
         # without true labels: steer away from every class the model finds plausible
         classes = {k: plausible_classes(v, rcfg["cover"]) if labels is None
                    else F.one_hot(torch.tensor([labels[k]]), v.shape[1]).bool()
-                   for k, v in clean_logits.items()}
+                   for k, v in clean_log_p.items()}
         for t in rcfg["growth"]:
             rect = grow_rect(rect, outer, t)
             delta, fooled = refine_perturbation(self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes,
@@ -234,7 +232,8 @@ class Protector:
         """Protect an aligned face crop as one face (``--aligned``): no photo-level detection.
         ``labels``: its true attributes when known (see ``protect_face``)."""
         t0 = time.perf_counter()
-        face = self.landmarks.chip(image, tuple(self.config["landmarks"]["fallback_box"]))
+        lcfg = self.config["landmarks"]
+        face = self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample_chip"])
         crop = torch.from_numpy(image).permute(2, 0, 1).float() / 255
         protected, rect, before, after = self.protect_face(crop, face.points, labels)
         record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,

@@ -69,20 +69,28 @@ def candidate_rects(points: np.ndarray, center: np.ndarray, height: int, width: 
     return np.clip(rects, 0, [width, height, width, height]).astype(np.float32)
 
 
+def clean_log_probs(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model's log-probabilities on the clean image: 3 x H x W -> {attribute: 1 x C}."""
+    with torch.no_grad():
+        return {k: F.log_softmax(v, dim=1) for k, v in model(image[None]).items()}
+
+
 @torch.no_grad()
-def score_rects(model: nn.Module, image: torch.Tensor, rects: torch.Tensor, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def score_rects(model: nn.Module, image: torch.Tensor, rects: torch.Tensor, chunk: int = 0,
+                clean: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean attribute KL divergence and area fraction of each rectangle, in batched passes.
 
     image: 3 x H x W in [0, 1]; rects: N x 4 -> (divergence N, area N). The masks are area-averaged
     down to the model's input size together with the image, so the network sees what it would see
     of the full-resolution masked image without resizing N full-size copies. ``chunk`` > 0 scores
     that many rectangles per forward pass (1 gives the one-at-a-time baseline of the benchmark).
+    ``clean``: :func:`clean_log_probs` of the image, when the caller already has them.
     """
     _, height, width = image.shape
     size = getattr(model, "input_size", min(height, width))
     small = F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     masks = F.adaptive_avg_pool2d(rect_masks(rects, height, width), (size, size))
-    clean = {k: F.log_softmax(v, dim=1) for k, v in model(small).items()}
+    clean = clean if clean is not None else clean_log_probs(model, image)
     divergence = torch.zeros(len(rects))
     step = chunk if chunk > 0 else len(rects)
     for start in range(0, len(rects), step):
@@ -125,9 +133,10 @@ class _LazyObjectives:
     """SE of the candidates, scored ``batch`` at a time in one forward pass when the walk first
     needs one of them (the walk usually stops after a handful of proposals)."""
 
-    def __init__(self, model: nn.Module, image: torch.Tensor, rects: np.ndarray, batch: int,
-                 theta_m: float, theta_s: float, chunk: int) -> None:
-        self.model, self.image, self.rects, self.batch, self.chunk = model, image, rects, batch, chunk
+    def __init__(self, model: nn.Module, image: torch.Tensor, clean: dict[str, torch.Tensor], rects: np.ndarray,
+                 batch: int, theta_m: float, theta_s: float, chunk: int) -> None:
+        self.model, self.image, self.clean, self.rects = model, image, clean, rects
+        self.batch, self.chunk = batch, chunk
         self.theta_m, self.theta_s = theta_m, theta_s
         self.divergence = np.full(len(rects), np.nan)
         self.area = np.full(len(rects), np.nan)
@@ -135,7 +144,8 @@ class _LazyObjectives:
     def __call__(self, i: int) -> float:
         if np.isnan(self.divergence[i]):
             stop = min(i + self.batch, len(self.rects))
-            div, area = score_rects(self.model, self.image, torch.from_numpy(self.rects[i:stop]), self.chunk)
+            div, area = score_rects(self.model, self.image, torch.from_numpy(self.rects[i:stop]), self.chunk,
+                                    self.clean)
             self.divergence[i:stop], self.area[i:stop] = div.numpy(), area.numpy()
         return float(self.theta_m * self.divergence[i] + self.theta_s * self.area[i])
 
@@ -145,20 +155,23 @@ class _LazyObjectives:
 
 
 def select_region(model: nn.Module, image: torch.Tensor, points: np.ndarray, cfg: dict,
-                  rng: np.random.Generator, chunk: int = 0) -> Region:
+                  rng: np.random.Generator, chunk: int = 0, clean: dict[str, torch.Tensor] | None = None) -> Region:
     """Algorithm 1 on one image.
 
     image: 3 x H x W in [0, 1]; points: 68 x 2 landmarks (x, y) in pixels; cfg: ``regions`` params
     (t_max, t_min, k, theta_m, theta_s, restarts, score_batch). Each restart draws a new centre
     from the eyes, nose and mouth; the best region over restarts wins. ``chunk`` > 0 caps the
-    rectangles per forward pass (1: the one-at-a-time baseline of the benchmark).
+    rectangles per forward pass (1: the one-at-a-time baseline of the benchmark). ``clean``:
+    :func:`clean_log_probs` of the image when the caller has them (computed once either way).
     """
     _, height, width = image.shape
+    clean = clean if clean is not None else clean_log_probs(model, image)
     ordered = points[np.argsort(points[:, 0], kind="stable")]
     best: Region | None = None
     for center in points[rng.choice(CENTER_POINTS, size=cfg["restarts"], replace=False)]:
         rects = candidate_rects(points, center, height, width)
-        objective = _LazyObjectives(model, image, rects, cfg["score_batch"], cfg["theta_m"], cfg["theta_s"], chunk)
+        objective = _LazyObjectives(model, image, clean, rects, cfg["score_batch"], cfg["theta_m"], cfg["theta_s"],
+                                    chunk)
         i, trajectory = anneal(objective, ordered, center, cfg["t_max"], cfg["t_min"], cfg["k"], rng)
         if best is None or objective(i) < best.objective:
             best = Region(tuple(float(v) for v in rects[i]), float(objective.area[i]), objective(i),

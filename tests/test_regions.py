@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from invisible_face.models import build_classifier
-from invisible_face.regions import CENTER_POINTS, anneal, candidate_rects, rect_masks, score_rects, select_region
+from invisible_face.regions import (CENTER_POINTS, anneal, candidate_rects, clean_log_probs, rect_masks, score_rects,
+                                    select_region)
 
 CFG = dict(t_max=10.0, t_min=0.1, k=0.95, theta_m=1.0, theta_s=1.0, restarts=2, score_batch=8)
 
@@ -90,3 +91,14 @@ def test_batched_scoring_equals_one_at_a_time(model):
     single, _ = score_rects(model, image, rects, chunk=1)
     torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
     assert (batched >= -1e-6).all() and area.shape == (10,)
+
+
+def test_given_clean_log_probs_change_nothing(model):
+    """The protector hands the search the clean call it already made: same region as computing it."""
+    torch.manual_seed(1)
+    image, pts = torch.rand(3, 96, 96), face_points(5)
+    clean = clean_log_probs(model, image)
+    assert set(clean) == {"gender", "age_bin", "race"} and clean["race"].shape == (1, 5)
+    a = select_region(model, image, pts, CFG, np.random.default_rng(3))
+    b = select_region(model, image, pts, CFG, np.random.default_rng(3), clean=clean)
+    assert a.rect == b.rect and a.objective == pytest.approx(b.objective)

@@ -38,7 +38,7 @@ def test_promotion_both_ways(registry, tiny_protector):
     better = register_protector(tiny_protector, "if-test", {"mosr": 0.99, "ssim": 0.97, "h_pn": 0.85}, GATES)
     assert better["promoted"] and str(registry.get_model_version_by_alias("if-test", ALIAS).version) == str(better["version"])
     # the champion loads through the same safe loader as a local export
-    from invisible_face.protector import Protector
+    from invisible_face.protector import FORMAT_VERSION, Protector
 
     folder = mlflow.artifacts.download_artifacts(f"models:/if-test@{ALIAS}")
-    assert Protector.load(f"{folder}/protector").config["format_version"] == 2
+    assert Protector.load(f"{folder}/protector").config["format_version"] == FORMAT_VERSION

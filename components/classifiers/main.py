@@ -77,7 +77,7 @@ def main() -> int:
             "train_splits": spec["splits"], "val_splits": ["val"], "epochs": spec["epochs"],
             "batch_size": spec.get("batch_size", cfg["batch_size"]), "lr": spec.get("lr", cfg["lr"]),
             "weight_decay": cfg["weight_decay"], "dropout": cfg["dropout"], "flip": cfg["flip"],
-            "crop_scale": cfg.get("crop_scale"),
+            "crop_scale": cfg.get("crop_scale"), "channels_last": spec.get("channels_last", False),
             "seed": params["seed"],
         }
         with mlflow.start_run(run_name=name, tags={**tags, "role": spec["role"], "arch": spec["arch"]}):

@@ -33,7 +33,7 @@ def _init(kind: str, upsample: int) -> None:
 def _one(args: tuple[str, tuple[float, ...]]) -> tuple[Face, str]:
     path, fallback = args
     image = np.asarray(Image.open(path).convert("RGB"))
-    return _backend.chip(image, fallback), _backend.name
+    return _backend.chip(image, fallback, _backend.upsample), _backend.name
 
 
 def main() -> None:
