@@ -142,11 +142,10 @@ class Protector:
         -> (protected crop, region rect in crop pixels, predictions before, after)."""
         pcfg = self.config["protect"]
         _, h, w = crop.shape
-        # seeded per face, so the same photo always gets the same protection
         clean_log_p = clean_log_probs(self.surrogate, crop)  # shared by the region search and refinement
         if pcfg.get("full_region"):  # ablation (paper Table V): the whole crop is the region
             rect_xy = (0.0, 0.0, float(w), float(h))
-        else:
+        else:  # seeded per face, so the same photo always gets the same protection
             rect_xy = select_region(self.surrogate, crop, points, self.config["regions"],
                                     np.random.default_rng(self.config["seed"]), clean=clean_log_p).rect
         rect = torch.tensor([rect_xy])

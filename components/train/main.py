@@ -31,9 +31,13 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="JSON file with tuned loss_weights and beta (tune stage)")
     parser.add_argument("--out", default="artifacts/train")
     parser.add_argument("--run-name", default="ldman")
+    parser.add_argument("--without-rp", action="store_true",
+                        help="the without-RP ablation (paper Table VI): L'_adv off, everything else the same")
     args = parser.parse_args()
 
     cfg = with_tuned_weights(load_params(args.params), args.weights)
+    if args.without_rp:
+        cfg["ldman"]["use_rp"] = False
     lcfg = cfg["ldman"]
     config = ldman_config(cfg)
     surrogate_path = config["surrogate"]
