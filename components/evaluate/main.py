@@ -23,6 +23,7 @@ from invisible_face.data import FaceAttributes
 from invisible_face.evaluation import (TestSet, perturbation_kde, predict, purify, quantise, robustness, run_method,
                                        score, train_purifier)
 from invisible_face.identity import IdentityEmbedder
+from invisible_face.ldman import Generator
 from invisible_face.metrics import mosr
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
@@ -59,11 +60,26 @@ VARIANTS = {
 }
 
 
-def variant(protector: Protector, override: dict) -> Protector:
+# The without-RP ablation (Table VI): G retrained without L'_adv (ablation stage), run as the
+# deployed protector and as G alone.
+WITHOUT_RP = {
+    "invisible_face_no_rp": {},
+    "invisible_face_ldman_only_no_rp": VARIANTS["invisible_face_ldman_only"][0],
+}
+
+
+def variant(protector: Protector, override: dict, generator: Generator | None = None) -> Protector:
     config = copy.deepcopy(protector.config)
     for section, values in override.items():
         config[section].update(values)
-    return Protector(config, protector.generator, protector.surrogate, protector.target)
+    return Protector(config, generator or protector.generator, protector.surrogate, protector.target)
+
+
+def load_generator(path: str, protector: Protector) -> Generator:
+    """A G trained elsewhere (plain state dict, weights_only load), shaped like the export's."""
+    generator = Generator(**protector.config["generator"])
+    generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return generator.eval()
 
 
 def adversary_chips(cfg: dict, n: int) -> torch.Tensor:
@@ -77,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", default="artifacts/export/protector")
+    parser.add_argument("--without-rp", default="artifacts/ablation/generator.pt", help="G of the without-RP ablation")
     parser.add_argument("--out", default="artifacts/evaluate")
     args = parser.parse_args()
 
@@ -97,6 +114,9 @@ def main() -> None:
     methods = {"invisible_face": protector_method(protector)}
     for name, (override, known_labels) in VARIANTS.items():
         methods[name] = protector_method(variant(protector, override), known_labels)
+    generator_no_rp = load_generator(args.without_rp, protector)
+    for name, override in WITHOUT_RP.items():
+        methods[name] = protector_method(variant(protector, override, generator_no_rp))
     for name in ecfg["baselines"]:
         methods[name] = lambda x, y, n=name: baseline_attack(n, surrogate, x, y, epsilon, ecfg["baseline_steps"],
                                                            cfg["ldman"]["kappa"])
@@ -112,7 +132,7 @@ def main() -> None:
         print(f"evaluate: {name}", flush=True)
         protected, ms = run_method(protect, data)
         results[name] = {**score(protected, data, surrogate, zoo, embedder), "ms_per_image": ms}
-        if name in ("invisible_face", "pgd"):
+        if name in ("invisible_face", "invisible_face_no_rp", "pgd"):
             robust[name] = robustness(protected, data, surrogate)
             print(f"evaluate: adaptive DnCNN attacker against {name}", flush=True)
             pairs, _ = run_method(protect, TestSet(adversary, adversary_calls, []))
@@ -183,8 +203,8 @@ def render_report(results: dict, robust: dict, n: int, zoo: list[str]) -> str:
     lines += ["", "Variants are inference-time switches on the same trained G: `_known_labels` is told each face's",
               "true attributes (the baselines always are); `_dp` adds beta * eps_d before refining; `_ldman_only`",
               "is G + beta * eps_d without refinement (the paper's inference); `_full_region` perturbs the whole",
-              "crop (Table V). The paper retrains for its ablations (Table VI); the without-RP ablation needs a",
-              "retrained G and is not part of this stage."]
+              "crop (Table V). `_no_rp` and `_ldman_only_no_rp` use a G retrained without RP (the `ablation`",
+              "stage, Table VI), run as deployed and alone."]
     return "\n".join(lines) + "\n"
 
 
