@@ -1,42 +1,86 @@
 """ms per 200x200 face for the protector (landmarks, region, DP, G, paste) next to a PGD-50
 baseline (full image, same surrogate, same faces) in the same run, with both methods' MOSR and
-SSIM on the surrogate.
+SSIM on the surrogate; where the protector's time goes; and one surrogate forward + backward pass
+in the channels-last layout the protector loads against the plain NCHW layout.
 
     python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
+                                       [--split test] [--cover 0.9]
+
+Faces are a seeded sample of the split. ``--cover`` overrides the export's label-free
+``refine.cover`` (compare settings on ``--split val``, not on the test split).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
+from collections import defaultdict
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
 
 from invisible_face.attacks import baseline_attack
+from invisible_face.evaluation import sample_rows
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.params import PROJECT_ROOT, load_params
+import invisible_face.protector as protector_module
 from invisible_face.protector import Protector
+
+
+def time_parts(protector: Protector) -> dict[str, float]:
+    """Wrap the protector's own steps so that each call adds its seconds to the returned dict."""
+    seconds: dict[str, float] = defaultdict(float)
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - t0
+        return wrapper
+
+    protector.landmarks.chip = timed("landmarks", protector.landmarks.chip)
+    for name, fn in (("region search", "select_region"), ("G", "local_perturbation"),
+                     ("refinement", "refine_perturbation")):
+        setattr(protector_module, fn, timed(name, getattr(protector_module, fn)))
+    return seconds
+
+
+def forward_backward_ms(model: torch.nn.Module, repeats: int = 30) -> float:
+    """ms of one surrogate forward + backward pass on one 200 px face crop."""
+    x = torch.rand(1, 3, 200, 200, requires_grad=True)
+    def once():
+        torch.autograd.grad(sum(v.sum() for v in model(x).values()), x)
+    once()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        once()
+    return 1000 * (time.perf_counter() - start) / repeats
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(PROJECT_ROOT / "artifacts/export/protector"))
     parser.add_argument("--faces", type=int, default=50)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--cover", type=float, default=None, help="override the export's refine.cover")
     args = parser.parse_args()
     cfg = load_params(PROJECT_ROOT / "params.yaml")
     protector = Protector.load(args.model)
-    manifest = pd.read_csv(PROJECT_ROOT / "artifacts/validate/manifest.csv")
-    test = manifest[manifest["split"] == "test"].sort_values("file").head(args.faces)
+    if args.cover is not None:
+        protector.config["refine"]["cover"] = args.cover
+    test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", args.split, args.faces, cfg["seed"])
     chips = [np.asarray(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
     labels = {k: torch.tensor(test[k].to_numpy()) for k in protector.config["attributes"]}
     clean = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255 for c in chips])
-    print(f"{len(chips)} test faces (200x200), torch threads {torch.get_num_threads()}, "
-          f"landmarks {protector.landmarks.name}")
+    print(f"{len(chips)} {args.split} faces (200x200), torch threads {torch.get_num_threads()}, "
+          f"landmarks {protector.landmarks.name}, label-free cover {protector.config['refine']['cover']}")
 
     protector.protect_chip(chips[0])  # warm-up
+    parts = time_parts(protector)
     start = time.perf_counter()
     protected = [protector.protect_chip(c)[0] for c in chips]
     ours_ms = 1000 * (time.perf_counter() - start) / len(chips)
@@ -59,6 +103,12 @@ def main() -> None:
         print(f"{name:14s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f}")
     print("(the protector is not told the true labels; PGD attacks them)")
     print(f"speed ratio PGD-50 / ours: {pgd_ms / ours_ms:.1f}x")
+    print("where the protector's time goes (ms/face): "
+          + ", ".join(f"{k} {1000 * v / len(chips):.1f}" for k, v in parts.items()))
+    nchw = copy.deepcopy(protector.surrogate).to(memory_format=torch.contiguous_format)
+    loaded, plain = forward_backward_ms(protector.surrogate), forward_backward_ms(nchw)
+    print(f"surrogate forward + backward on one face: channels-last {loaded:.1f} ms, NCHW {plain:.1f} ms "
+          f"({plain / loaded:.2f}x)")
 
 
 if __name__ == "__main__":

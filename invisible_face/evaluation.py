@@ -8,10 +8,12 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import kornia
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -22,6 +24,18 @@ from invisible_face.ldman_training import SurrogateFeatures
 from invisible_face.losses import perceptual_distance
 from invisible_face.metrics import h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.models import AttributeClassifier
+
+
+def sample_rows(manifest: str | Path | pd.DataFrame, split: str, n: int | None, seed: int) -> pd.DataFrame:
+    """``n`` rows of ``split`` drawn at random (seeded), in file order; all of them when ``n`` is None.
+
+    The first rows in file order are no sample: names start with the age, so the first 100 test
+    chips are all 10 to 16 years old."""
+    table = manifest if isinstance(manifest, pd.DataFrame) else pd.read_csv(manifest)
+    rows = table[table["split"] == split]
+    if n is not None and n < len(rows):
+        rows = rows.sample(n, random_state=seed)
+    return rows.sort_values("file").reset_index(drop=True)
 
 
 @dataclass

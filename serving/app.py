@@ -243,6 +243,15 @@ class Ingress:
         self.model, self.max_upload_bytes = model, max_upload_bytes
         self.max_pixels, self.request_timeout_s = max_pixels, request_timeout_s
         self.page = (SERVING_DIR / "page.html").read_text()
+        self._facts: dict[str, Any] | None = None
+
+    async def _model_facts(self) -> dict[str, Any]:
+        """What /analyze reports of the model (attributes, surrogate, audit model): the same on every
+        replica of one export, so the replica is asked once, not on every request."""
+        if self._facts is None:
+            info = await self._call_model("info")
+            self._facts = {k: info[k] for k in ("attributes", "surrogate", "target")}
+        return self._facts
 
     async def _upload(self, request: Request) -> bytes:
         """The photo bytes: multipart field ``file``, or the raw body. 413 past the size limit,
@@ -318,7 +327,7 @@ class Ingress:
         protected photo in base64)."""
         t0 = time.perf_counter()
         photo, result, encoded, media_type = await self._protect(request)
-        info = await self._call_model("info")
+        info = await self._model_facts()
         faces = [{"box": f["box"], "region": f["region"], "detected": f["detected"], "score": f["score"],
                   "surrogate": readable_predictions(f, info["attributes"]),
                   **({"target": readable_predictions(f, info["attributes"], "target")} if f["target_before"] else {})}

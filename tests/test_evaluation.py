@@ -17,3 +17,17 @@ def test_purifier_learns_to_undo_a_perturbation():
 def test_dncnn_keeps_shape_and_range():
     out = DnCNN(depth=4, width=8).eval()(torch.rand(2, 3, 20, 28))
     assert out.shape == (2, 3, 20, 28) and out.min() >= 0 and out.max() <= 1
+
+
+def test_sample_rows_is_a_seeded_sample_not_the_first_rows():
+    import pandas as pd
+
+    from invisible_face.evaluation import sample_rows
+
+    # names sort by age, as UTKFace's do: the first rows in file order are the youngest
+    table = pd.DataFrame({"file": [f"{age:03d}_0_0.jpg" for age in range(100)], "split": ["test"] * 100})
+    a, b = sample_rows(table, "test", 20, seed=0), sample_rows(table, "test", 20, seed=0)
+    assert a.equals(b) and len(a) == 20 and a["file"].is_monotonic_increasing
+    assert a["file"].iloc[-1] > "050"  # reaches past the first half, unlike head(20)
+    assert not a.equals(sample_rows(table, "test", 20, seed=1))
+    assert len(sample_rows(table, "test", None, seed=0)) == 100 and sample_rows(table, "val", 5, 0).empty

@@ -21,7 +21,7 @@ from invisible_face.attacks import baseline_attack
 from invisible_face.classifiers import attribute_sizes
 from invisible_face.data import FaceAttributes
 from invisible_face.evaluation import (TestSet, perturbation_kde, predict, purify, quantise, robustness, run_method,
-                                       score, train_purifier)
+                                       sample_rows, score, train_purifier)
 from invisible_face.identity import IdentityEmbedder
 from invisible_face.ldman import Generator
 from invisible_face.metrics import mosr
@@ -82,11 +82,11 @@ def load_generator(path: str, protector: Protector) -> Generator:
     return generator.eval()
 
 
-def adversary_chips(cfg: dict, n: int) -> torch.Tensor:
-    """The adaptive attacker's own photos: chips of the adversary's split (target_train)."""
-    faces = FaceAttributes("artifacts/validate/manifest.csv", cfg["data"]["image_dir"], ["target_train"], [],
-                           size=cfg["ldman"]["image_size"], limit=n)
-    return faces.images.float() / 255
+def chips_of(cfg: dict, split: str, n: int) -> FaceAttributes:
+    """A seeded sample of ``n`` chips of ``split`` at the protector's resolution, with their labels."""
+    rows = sample_rows("artifacts/validate/manifest.csv", split, n, cfg["seed"])
+    return FaceAttributes(rows, cfg["data"]["image_dir"], [split], list(attribute_sizes(cfg)),
+                          size=cfg["ldman"]["image_size"])
 
 
 def main() -> None:
@@ -99,8 +99,7 @@ def main() -> None:
 
     cfg = load_params(args.params)
     ecfg = cfg["evaluate"]
-    faces = FaceAttributes("artifacts/validate/manifest.csv", cfg["data"]["image_dir"], ["test"],
-                           list(attribute_sizes(cfg)), size=cfg["ldman"]["image_size"], limit=ecfg["test_images"])
+    faces = chips_of(cfg, "test", ecfg["test_images"])
     marks = np.load("artifacts/landmarks/landmarks.npz")
     box_of = dict(zip(marks["files"].tolist(), marks["box"].tolist()))
     data = TestSet(faces.images.float() / 255, dict(faces.labels), [tuple(box_of[f]) for f in faces.table["file"]])
@@ -120,7 +119,8 @@ def main() -> None:
     for name in ecfg["baselines"]:
         methods[name] = lambda x, y, n=name: baseline_attack(n, surrogate, x, y, epsilon, ecfg["baseline_steps"],
                                                            cfg["ldman"]["kappa"])
-    adversary = adversary_chips(cfg, ecfg["adaptive"]["train_images"])
+    # the adaptive attacker's own photos: chips of the adversary's split
+    adversary = chips_of(cfg, "target_train", ecfg["adaptive"]["train_images"]).images.float() / 255
     # the adversary protects its own photos with the same public method; it sees no labels of them,
     # so the baselines attack the surrogate's own calls
     with torch.no_grad():
