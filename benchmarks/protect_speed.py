@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from invisible_face.attacks import baseline_attack
-from invisible_face.evaluation import sample_rows
+from invisible_face.data import sample_rows
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.params import PROJECT_ROOT, load_params
 import invisible_face.protector as protector_module
@@ -72,7 +72,7 @@ def main() -> None:
     protector = Protector.load(args.model)
     if args.cover is not None:
         protector.config["refine"]["cover"] = args.cover
-    test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", args.split, args.faces, cfg["seed"])
+    test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", [args.split], args.faces, cfg["seed"])
     chips = [np.asarray(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
     labels = {k: torch.tensor(test[k].to_numpy()) for k in protector.config["attributes"]}
     clean = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255 for c in chips])

@@ -75,8 +75,8 @@ def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker: DDP training with a checkpoint per epoch, resuming from the last one.
 
     ``config``: arch, attributes {name: n}, input_size, image_size, manifest, image_dir (absolute),
-    train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, crop_scale, channels_last,
-    seed, and for the
+    train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, crop_scale,
+    channels_last, seed, optional limit (rows per dataset, a seeded sample), and for the
     fault-tolerance test only: fail_at_epoch + fail_marker (the worker of rank 1 dies once there).
     """
     ctx = ray.train.get_context()
@@ -87,7 +87,7 @@ def train_loop(config: dict[str, Any]) -> None:
     def dataset(splits: list[str]) -> FaceAttributes:
         return FaceAttributes(config["manifest"], config["image_dir"], splits,
                               list(config["attributes"]), size=config["image_size"],
-                              limit=config.get("limit"))
+                              limit=config.get("limit"), seed=config["seed"])
 
     train_data, val_data = dataset(config["train_splits"]), dataset(config["val_splits"])
     per_worker = max(1, config["batch_size"] // world)

@@ -24,18 +24,7 @@ from invisible_face.ldman_training import SurrogateFeatures
 from invisible_face.losses import perceptual_distance
 from invisible_face.metrics import h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.models import AttributeClassifier
-
-
-def sample_rows(manifest: str | Path | pd.DataFrame, split: str, n: int | None, seed: int) -> pd.DataFrame:
-    """``n`` rows of ``split`` drawn at random (seeded), in file order; all of them when ``n`` is None.
-
-    The first rows in file order are no sample: names start with the age, so the first 100 test
-    chips are all 10 to 16 years old."""
-    table = manifest if isinstance(manifest, pd.DataFrame) else pd.read_csv(manifest)
-    rows = table[table["split"] == split]
-    if n is not None and n < len(rows):
-        rows = rows.sample(n, random_state=seed)
-    return rows.sort_values("file").reset_index(drop=True)
+from invisible_face.refine import plausible_classes
 
 
 @dataclass
@@ -56,6 +45,20 @@ def predict(model: AttributeClassifier, x: torch.Tensor, batch: int = 128) -> di
         for k, v in model(x[i:i + batch]).items():
             out.setdefault(k, []).append(v.argmax(1))
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def truth_in_cover(model: AttributeClassifier, x: torch.Tensor, labels: dict[str, torch.Tensor], cover: float) -> float:
+    """Share of faces whose true class lies, for every attribute, inside the set a label-free
+    protector steers away from (:func:`invisible_face.refine.plausible_classes` on the clean face).
+
+    Steering a call out of that set fools such a face. Any other face is fooled only if its call
+    lands on a third, wrong class, never on a binary attribute: this share roughly caps
+    label-free MOSR. x: N x 3 x H x W; labels: {attribute: N}."""
+    with torch.no_grad():
+        chunks = [model(x[i:i + 128]) for i in range(0, len(x), 128)]
+    inside = torch.stack([plausible_classes(torch.cat([c[k] for c in chunks]), cover).gather(1, labels[k].view(-1, 1))[:, 0]
+                          for k in labels])
+    return inside.all(0).float().mean().item()
 
 
 def run_method(protect: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor], data: TestSet,

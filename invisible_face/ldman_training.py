@@ -88,6 +88,10 @@ class ProtectionSet(Dataset):
         self.faces = faces
         files = faces.table["file"].tolist()
         index = {f: i for i, f in enumerate(regions["files"].tolist())}
+        missing = [f for f in files if f not in index]
+        if missing:
+            raise ValueError(f"{len(missing)} chips have no region (e.g. {missing[0]}): the regions stage's "
+                             "splits and limits must cover LD-MAN's train and val chips")
         self.rects = torch.from_numpy(np.stack([regions["rect"][index[f]] for f in files]))
         self.directions = None
         if directions is not None:
@@ -192,7 +196,8 @@ def train_loop(config: dict[str, Any]) -> None:
         rp = rp.to(device).eval().requires_grad_(False)
     regions = _load_npz(config["regions"])
     faces = FaceAttributes(config["manifest"], config["image_dir"], config["train_splits"],
-                           list(config["attributes"]), size=config["image_size"], limit=config["train_images"])
+                           list(config["attributes"]), size=config["image_size"], limit=config["train_images"],
+                           seed=config["seed"])
     train = ProtectionSet(faces, regions, _load_npz(config["directions"]) if config["use_dp"] else None)
     per_worker = max(1, config["batch_size"] // world)
     loader = ray.train.torch.prepare_data_loader(
@@ -216,7 +221,7 @@ def train_loop(config: dict[str, Any]) -> None:
     val = None
     if rank == 0 and config["val_images"]:
         val_faces = FaceAttributes(config["manifest"], config["image_dir"], ["val"], list(config["attributes"]),
-                                   size=config["image_size"], limit=config["val_images"])
+                                   size=config["image_size"], limit=config["val_images"], seed=config["seed"])
         val = ProtectionSet(val_faces, regions, None)
 
     for epoch in range(start, config["epochs"] + 1):

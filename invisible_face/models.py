@@ -101,8 +101,8 @@ def save_classifier(model: AttributeClassifier, path: str | Path,
 
 def classifier_from_state(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> AttributeClassifier:
     """A trained classifier from its config and state dict, in eval mode and laid out channels-last:
-    NHWC convolutions cut one face's forward + backward pass through the ResNet-18 surrogate from
-    33 to 23 ms on one CPU thread (measured here), and every user of a trained model
+    NHWC convolutions make one face's forward + backward pass through the ResNet-18 surrogate faster
+    on a CPU (``benchmarks/protect_speed.py`` times both layouts), and every user of a trained model
     (regions, directions, LD-MAN, protector, evaluation) runs it that way."""
     model = build_classifier(cfg["arch"], cfg["attributes"], cfg["input_size"], cfg.get("dropout", 0.0))
     model.load_state_dict(state)

@@ -28,7 +28,7 @@ from invisible_face.models import AttributeClassifier, build_classifier, classif
 from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation
 from invisible_face.regions import clean_log_probs, rect_masks, select_region
 
-FORMAT_VERSION = 3  # 2: refinement settings; 3: chip upsampling
+FORMAT_VERSION = 4  # 2: refinement settings; 3: chip upsampling; 4: crop fallback, shrink
 
 
 @dataclass
@@ -145,7 +145,7 @@ class Protector:
         clean_log_p = clean_log_probs(self.surrogate, crop)  # shared by the region search and refinement
         if pcfg.get("full_region"):  # ablation (paper Table V): the whole crop is the region
             rect_xy = (0.0, 0.0, float(w), float(h))
-        else:  # seeded per face, so the same photo always gets the same protection
+        else:  # seeded per face, so the same photo always gets the same region
             rect_xy = select_region(self.surrogate, crop, points, self.config["regions"],
                                     np.random.default_rng(self.config["seed"]), clean=clean_log_p).rect
         rect = torch.tensor([rect_xy])
@@ -168,33 +168,38 @@ class Protector:
             eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
         delta = torch.zeros_like(crop)[None]
         delta[:, :, top:top + size, left:left + size] = eps_l
-        delta, rect = self._refine(crop, delta, rect, points, clean_log_p, labels)
+        delta, rect, logits = self._refine(crop, delta, rect, points, clean_log_p, labels)
         protected = apply_perturbation(crop[None], delta)[0]
         rect_xy = tuple(float(v) for v in rect[0])
-        return protected, rect_xy, before, self._predict(protected)
+        after = {k: int(v.argmax(1)) for k, v in logits.items()} if logits else self._predict(protected)
+        return protected, rect_xy, before, after
 
     def _refine(self, crop: torch.Tensor, delta: torch.Tensor, rect: torch.Tensor, points: np.ndarray,
-                clean_log_p: dict[str, torch.Tensor], labels: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                clean_log_p: dict[str, torch.Tensor], labels: dict[str, int] | None
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
         """Refinement of G's perturbation (invisible_face.refine): steps inside the region, which
-        grows toward the landmarks' box while the face is not yet protected -> (delta, final rect)."""
+        grows toward the landmarks' box, and then to the whole crop, while the face is not yet
+        protected -> (delta, final rect, the surrogate's logits on the result; None without steps)."""
         rcfg = self.config["refine"]
         if rcfg["steps"] == 0:
-            return delta, rect
+            return delta, rect, None
         _, h, w = crop.shape
         lo, hi = points.min(0), points.max(0) + 1
-        outer = torch.tensor([[max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)]], dtype=rect.dtype)
+        landmarks_box = torch.tensor([[max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)]], dtype=rect.dtype)
         # without true labels: steer away from every class the model finds plausible
         classes = {k: plausible_classes(v, rcfg["cover"]) if labels is None
                    else F.one_hot(torch.tensor([labels[k]]), v.shape[1]).bool()
                    for k, v in clean_log_p.items()}
-        for t in rcfg["growth"]:
-            rect = grow_rect(rect, outer, t)
-            delta, fooled = refine_perturbation(self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes,
-                                                self.config["protect"]["epsilon"], rcfg["steps"], rcfg["step_size"],
-                                                rcfg["stop_margin"])
+        regions = [grow_rect(rect, landmarks_box, t) for t in rcfg["growth"]]
+        if rcfg["crop_fallback"]:
+            regions.append(torch.tensor([[0.0, 0.0, float(w), float(h)]], dtype=rect.dtype))
+        for rect in regions:
+            delta, fooled, logits = refine_perturbation(
+                self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes, self.config["protect"]["epsilon"],
+                rcfg["steps"], rcfg["step_size"], rcfg["stop_margin"], rcfg["shrink"])
             if fooled.all():
                 break
-        return delta, rect
+        return delta, rect, logits
 
     # ------------------------------------------------------------------ photos
 

@@ -5,11 +5,15 @@ seen by a 64 px surrogate an 8/255 budget inside Algorithm 1's rectangle (about 
 fools all three attributes on about a third of them. So the protector starts from G's eps_l
 (plus beta * eps_d) and takes a few normalised-gradient steps on the surrogate inside the region,
 stopping per face as soon as every attribute is fooled by a margin; a face the region cannot
-protect gets the region grown toward the landmarks' bounding box, one step of ``growth`` at a time.
-Early stopping is what keeps PSNR high: easy faces stop after a step or two.
+protect gets the region grown toward the landmarks' bounding box, one step of ``growth`` at a time,
+and at last to its whole crop. Early stopping is what keeps PSNR high: easy faces stop after a step
+or two; a last forward pass then scales the perturbation down as far as the margin allows, since the
+final step overshoots.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -43,30 +47,55 @@ def set_margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return inside - logits.masked_fill(classes, float("-inf")).max(1).values
 
 
-def attribute_margins(model: nn.Module, images: torch.Tensor, classes: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Set margin of every attribute: B x 3 x H x W, {attribute: B x C bool} -> B x A (negative = fooled)."""
-    logits = model(images)
+def attribute_margins(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Set margin of every attribute: {attribute: B x C logits}, {attribute: B x C bool} -> B x A
+    (negative = fooled)."""
     return torch.stack([set_margin(logits[k], classes[k]) for k in classes], 1)
+
+
+def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, classes: dict[str, torch.Tensor],
+                        scales: Sequence[float], stop_margin: float
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The smallest of ``scales`` (ascending, each < 1) times ``delta`` that still keeps every
+    attribute past the margin, in one forward pass over B x K candidates.
+
+    images, delta: B x 3 x H x W -> (shrunk delta B x 3 x H x W, the model's logits on it
+    {attribute: B x C}, found: B bool; where no scale works a face's entries are not to be used).
+    """
+    b, k = len(images), len(scales)
+    factor = torch.tensor(list(scales), dtype=delta.dtype).view(1, k, 1, 1, 1)
+    candidates = ((images[:, None] + factor * delta[:, None]).clamp(0, 1) - images[:, None]).flatten(0, 1)
+    with torch.no_grad():
+        logits = model(images.repeat_interleave(k, 0) + candidates)
+    margins = attribute_margins(logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()})
+    ok = (margins < -stop_margin).all(1).view(b, k)
+    pick = torch.arange(b) * k + ok.float().argmax(1)  # the first (smallest) working scale
+    return candidates[pick], {a: v[pick] for a, v in logits.items()}, ok.any(1)
 
 
 def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
                         classes: dict[str, torch.Tensor], epsilon: float, steps: int, step_size: float,
-                        stop_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+                        stop_margin: float, shrink: Sequence[float] = ()
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget.
 
     images, delta: B x 3 x H x W (delta: the starting perturbation); mask: B x 1 x H x W in {0, 1};
     classes: {attribute: B x C bool}, e.g. the true labels one-hot or :func:`plausible_classes`.
     Each step moves a face by ``step_size * epsilon`` in RMS over its mask, along the gradient of
-    the summed margins (each capped just past the stop, so a fooled head stops pulling).
+    the summed margins (each capped just past the stop, so a fooled head stops pulling). A face
+    fooled at the end is then scaled down by the smallest of ``shrink`` that keeps it fooled
+    (:func:`shrink_perturbation`), taking back the last step's overshoot.
     -> (perturbation B x 3 x H x W, |.| <= epsilon, zero outside mask and the [0, 1] range;
-        fooled: B bool, every attribute past the margin at the end).
+        fooled: B bool, every attribute past the margin at the end;
+        the model's logits on images + perturbation, {attribute: B x C}).
     """
     delta = ((images + delta * mask).clamp(0, 1) - images).clamp(-epsilon, epsilon)
     area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
-        margins = attribute_margins(model, images + d, classes)
+        logits = model(images + d)
+        margins = attribute_margins(logits, classes)
         fooled = (margins < -stop_margin).all(1)
         if fooled.all() or step == steps:
             break
@@ -76,4 +105,10 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         active = (~fooled).float().view(-1, 1, 1, 1)
         delta = (delta - active * step_size * epsilon * unit).clamp(-epsilon, epsilon) * mask
         delta = (images + delta).clamp(0, 1) - images
-    return delta.detach(), fooled
+    delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
+    if shrink and fooled.any():
+        shrunk, shrunk_logits, found = shrink_perturbation(model, images, delta, classes, shrink, stop_margin)
+        use = found & fooled
+        delta = torch.where(use.view(-1, 1, 1, 1), shrunk, delta)
+        logits = {k: torch.where(use.view(-1, 1), shrunk_logits[k], v) for k, v in logits.items()}
+    return delta, fooled, logits

@@ -19,15 +19,32 @@ def test_dncnn_keeps_shape_and_range():
     assert out.shape == (2, 3, 20, 28) and out.min() >= 0 and out.max() <= 1
 
 
-def test_sample_rows_is_a_seeded_sample_not_the_first_rows():
+def test_sample_rows_is_a_seeded_nested_sample_not_the_first_rows():
     import pandas as pd
 
-    from invisible_face.evaluation import sample_rows
+    from invisible_face.data import sample_rows
 
     # names sort by age, as UTKFace's do: the first rows in file order are the youngest
     table = pd.DataFrame({"file": [f"{age:03d}_0_0.jpg" for age in range(100)], "split": ["test"] * 100})
-    a, b = sample_rows(table, "test", 20, seed=0), sample_rows(table, "test", 20, seed=0)
+    a, b = sample_rows(table, ["test"], 20, seed=0), sample_rows(table, ["test"], 20, seed=0)
     assert a.equals(b) and len(a) == 20 and a["file"].is_monotonic_increasing
     assert a["file"].iloc[-1] > "050"  # reaches past the first half, unlike head(20)
-    assert not a.equals(sample_rows(table, "test", 20, seed=1))
-    assert len(sample_rows(table, "test", None, seed=0)) == 100 and sample_rows(table, "val", 5, 0).empty
+    assert not a.equals(sample_rows(table, ["test"], 20, seed=1))
+    assert set(sample_rows(table, ["test"], 8, seed=0)["file"]) < set(a["file"])  # a smaller sample is inside
+    assert len(sample_rows(table, ["test"], None, seed=0)) == 100 and sample_rows(table, ["val"], 5, 0).empty
+
+
+def test_truth_in_cover_counts_faces_whose_truth_the_label_free_protector_steers_from():
+    from invisible_face.evaluation import truth_in_cover
+
+    class Fixed(torch.nn.Module):  # calls class 0 of "a" for bright images, class 1 for dark ones
+        def forward(self, x):
+            z = 20 * (x.mean((1, 2, 3)) - 0.5)
+            return {"a": torch.stack([z, -z], 1)}
+
+    x = torch.cat([torch.full((3, 3, 4, 4), 0.9), torch.full((1, 3, 4, 4), 0.1)])
+    calls = torch.tensor([0, 0, 0, 1])
+    assert truth_in_cover(Fixed(), x, {"a": calls}, cover=0.9) == 1.0
+    # a binary attribute's other class is never in the set: a wrong call cannot be steered onto a wrong class
+    assert truth_in_cover(Fixed(), x, {"a": 1 - calls}, cover=0.99) == 0.0
+    assert truth_in_cover(Fixed(), x, {"a": torch.tensor([0, 0, 1, 1])}, cover=0.9) == 0.75

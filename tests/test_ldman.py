@@ -90,10 +90,16 @@ def test_export_round_trip_gives_identical_output(ldman_env, tmp_path):
     g = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
     stem = export_protector(tmp_path / "protector", g, ldman_env["surrogate"], cfg)
     loaded = Protector.load(stem.with_suffix(".json"))
-    direct = Protector(loaded.config, g, ldman_env["surrogate"])
+    # the loaded surrogate runs channels-last like every trained model (models.classifier_from_state)
+    direct = Protector(loaded.config, g, copy.deepcopy(ldman_env["surrogate"]).to(memory_format=torch.channels_last))
     chip = (ldman_env["images"][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    out_loaded, rec_loaded = loaded.protect_chip(chip)
-    out_direct, rec_direct = direct.protect_chip(chip)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # multi-threaded CPU reductions differ in the last bits from call to call
+    try:
+        out_loaded, rec_loaded = loaded.protect_chip(chip)
+        out_direct, rec_direct = direct.protect_chip(chip)
+    finally:
+        torch.set_num_threads(threads)
     np.testing.assert_array_equal(out_loaded, out_direct)
     assert rec_loaded[0].region == rec_direct[0].region
     assert np.abs(out_loaded.astype(int) - chip.astype(int)).max() <= round(255 * cfg["ldman"]["epsilon"]) + 1
@@ -101,7 +107,7 @@ def test_export_round_trip_gives_identical_output(ldman_env, tmp_path):
 
 def test_protector_changes_only_the_reported_region_within_budget(ldman_env, tmp_path):
     cfg = copy.deepcopy(ldman_env["cfg"])
-    cfg["protector"]["refine"].update(steps=5, growth=[0.0, 1.0])
+    cfg["protector"]["refine"].update(steps=5, growth=[0.0, 1.0], crop_fallback=False)
     protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
                                                 ldman_env["surrogate"], cfg))
     chip = (ldman_env["images"][1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
@@ -111,7 +117,7 @@ def test_protector_changes_only_the_reported_region_within_budget(ldman_env, tmp
     x0, y0, x1, y1 = (int(round(v)) for v in records[0].region)
     inside = np.zeros(chip.shape[:2], bool)
     inside[y0:y1, x0:x1] = True
-    assert diff[~inside].max() == 0
+    assert not diff[~inside].any()
 
 
 def test_refinement_steers_from_the_given_labels_or_the_plausible_classes(ldman_env, tmp_path, monkeypatch):

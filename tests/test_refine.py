@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation, set_margin
+from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation, set_margin, shrink_perturbation
 from invisible_face.regions import rect_masks
 
 
@@ -49,8 +49,8 @@ def test_refine_fools_within_the_budget_and_the_mask():
     classes = {k: nn.functional.one_hot(v.argmax(1), v.shape[1]).bool() for k, v in logits.items()}
     mask = rect_masks(torch.tensor([[4.0, 4.0, 20.0, 20.0]] * 4), 24, 24)
     eps = 0.1
-    delta, fooled = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, eps, steps=40,
-                                        step_size=0.25, stop_margin=0.5)
+    delta, fooled, final = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, eps, steps=40,
+                                               step_size=0.25, stop_margin=0.5, shrink=[0.5, 0.8])
     assert delta.abs().max() <= eps + 1e-6
     assert (delta * (1 - mask)).abs().max() == 0
     assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
@@ -58,6 +58,32 @@ def test_refine_fools_within_the_budget_and_the_mask():
     with torch.no_grad():
         after = model(x + delta)
     assert all((after[k].argmax(1) != logits[k].argmax(1)).all() for k in logits)
+    assert all(torch.allclose(after[k], final[k], atol=1e-5) for k in logits)  # the logits it returns are of its output
+
+
+def test_shrink_takes_the_smallest_scale_that_keeps_the_margin():
+    model = Tiny().requires_grad_(False)
+    torch.manual_seed(2)
+    x = 0.45 + 0.1 * torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(x)
+    classes = {k: nn.functional.one_hot(v.argmax(1), v.shape[1]).bool() for k, v in logits.items()}
+    delta, fooled, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(3, 1, 16, 16), classes, 0.2,
+                                           steps=60, step_size=0.5, stop_margin=0.5)
+    assert fooled.all()
+    scales = [0.25, 0.5, 0.75, 0.95]
+    shrunk, shrunk_logits, found = shrink_perturbation(model, x, delta, classes, scales, stop_margin=0.5)
+    with torch.no_grad():
+        def passes(d):
+            out = model(x + d)
+            return torch.stack([set_margin(out[k], classes[k]) < -0.5 for k in classes], 1).all(1)
+        per_scale = torch.stack([passes(s * delta) for s in scales], 1)  # B x K, checked one scale at a time
+        assert torch.allclose(model(x + shrunk)["a"][found], shrunk_logits["a"][found], atol=1e-5)
+    assert found.any() and torch.equal(found, per_scale.any(1))
+    for b in range(3):
+        if found[b]:
+            s = scales[int(per_scale[b].float().argmax())]
+            assert torch.allclose(shrunk[b], s * delta[b], atol=1e-6)
 
 
 def test_refine_leaves_an_already_fooled_face_alone():
@@ -68,8 +94,8 @@ def test_refine_leaves_an_already_fooled_face_alone():
     # sets that hold only the least likely class: every call is already outside them
     classes = {k: nn.functional.one_hot(v.argmin(1), v.shape[1]).bool() for k, v in logits.items()}
     start = torch.full_like(x, 0.01) * (x < 0.99)
-    delta, fooled = refine_perturbation(model, x, start, torch.ones(2, 1, 16, 16), classes, 0.1, steps=5,
-                                        step_size=0.25, stop_margin=0.0)
+    delta, fooled, _ = refine_perturbation(model, x, start, torch.ones(2, 1, 16, 16), classes, 0.1, steps=5,
+                                           step_size=0.25, stop_margin=0.0)
     assert fooled.all()
     assert torch.allclose(delta, start)
 
@@ -78,6 +104,6 @@ def test_zero_steps_only_clips_the_start():
     model = Tiny().requires_grad_(False)
     x = torch.rand(1, 3, 8, 8)
     classes = {"a": torch.tensor([[True, False]]), "b": torch.tensor([[True, False, False]])}
-    delta, _ = refine_perturbation(model, x, torch.full_like(x, 0.5), torch.ones(1, 1, 8, 8), classes, 0.05,
+    delta, _, _ = refine_perturbation(model, x, torch.full_like(x, 0.5), torch.ones(1, 1, 8, 8), classes, 0.05,
                                    steps=0, step_size=0.25, stop_margin=1.0)
     assert delta.abs().max() <= 0.05 + 1e-6

@@ -32,7 +32,8 @@ def main() -> None:
     size = cfg["ldman"]["image_size"]
 
     def chips(split: str, limit: int) -> torch.Tensor:
-        faces = FaceAttributes(args.manifest, cfg["data"]["image_dir"], [split], [], size=size, limit=limit)
+        faces = FaceAttributes(args.manifest, cfg["data"]["image_dir"], [split], [], size=size, limit=limit,
+                               seed=cfg["seed"])
         return faces.images.float() / 255
 
     train, val = chips("surrogate_train", rcfg["train_images"]), chips("val", rcfg["val_images"])

@@ -36,7 +36,8 @@ def main() -> None:
     dcfg, lcfg = cfg["directions"], cfg["ldman"]
     surrogate = load_classifier(Path(args.classifiers) / f"{cfg['classifiers']['surrogate']['name']}.pt")
     faces = FaceAttributes(args.manifest, cfg["data"]["image_dir"], lcfg["train_splits"],
-                           list(attribute_sizes(cfg)), size=lcfg["image_size"], limit=lcfg["train_images"])
+                           list(attribute_sizes(cfg)), size=lcfg["image_size"], limit=lcfg["train_images"],
+                           seed=cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
     bits, fooled, start = [], [], time.perf_counter()
     for images, labels in tqdm(DataLoader(faces, batch_size=dcfg["batch_size"]), desc="directions", unit="batch"):

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from invisible_face.data import load_image
+from invisible_face.data import load_image, sample_rows
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
 from invisible_face.regions import rect_masks, select_region
@@ -51,11 +51,10 @@ def main() -> None:
 
     cfg = load_params(args.params)
     rcfg = cfg["regions"]
-    manifest = pd.read_csv(args.manifest).sort_values("file")
-    # each split's first rows in file order, the same rows later stages load with that limit
-    limits = rcfg["limits"]
+    manifest = pd.read_csv(args.manifest)
+    # a seeded sample of each split: the same rows (or a superset of them) later stages load with their limits
     files = [f for split in rcfg["splits"]
-             for f in manifest.loc[manifest["split"] == split, "file"].head(limits.get(split)).tolist()]
+             for f in sample_rows(manifest, [split], rcfg["limits"].get(split), cfg["seed"])["file"].tolist()]
     marks = np.load(args.landmarks)
     index = {f: i for i, f in enumerate(marks["files"].tolist())}
     model = load_classifier(Path(args.classifiers) / f"{cfg['classifiers']['surrogate']['name']}.pt")

@@ -60,7 +60,7 @@ def main() -> None:
         surrogate = load_classifier(surrogate_path)
         regions = dict(np.load(config["regions"]))
         val = ProtectionSet(FaceAttributes(config["manifest"], config["image_dir"], ["val"], list(config["attributes"]),
-                                           size=lcfg["image_size"], limit=8), regions, None)
+                                           size=lcfg["image_size"], limit=8, seed=config["seed"]), regions, None)
         images = torch.stack([val[i][0] for i in range(len(val))])
         labels = {k: torch.stack([val[i][1][k] for i in range(len(val))]) for k in config["attributes"]}
         eps_d = directional_perturbation(surrogate, images, labels, config["n_neighbours"],
