@@ -27,7 +27,3 @@ class IdentityEmbedder:
         rect = dlib.rectangle(*(int(round(v)) for v in box))
         shape = self._shape(np.ascontiguousarray(image), rect)
         return np.asarray(self._net.compute_face_descriptor(np.ascontiguousarray(image), shape))
-
-    def distance(self, before: np.ndarray, after: np.ndarray, box: tuple[float, float, float, float]) -> float:
-        """Euclidean distance between the embeddings of the same box in two images."""
-        return float(np.linalg.norm(self.embed(before, box) - self.embed(after, box)))

@@ -48,3 +48,21 @@ def test_truth_in_cover_counts_faces_whose_truth_the_label_free_protector_steers
     # a binary attribute's other class is never in the set: a wrong call cannot be steered onto a wrong class
     assert truth_in_cover(Fixed(), x, {"a": 1 - calls}, cover=0.99) == 0.0
     assert truth_in_cover(Fixed(), x, {"a": torch.tensor([0, 0, 1, 1])}, cover=0.9) == 0.75
+
+
+def test_score_embeds_the_clean_faces_once_and_measures_identity_against_them():
+    from invisible_face.evaluation import TestSet, score
+    from invisible_face.identity import IdentityEmbedder
+    from invisible_face.models import build_classifier
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 48, 48)
+    data = TestSet(images, {"a": torch.tensor([0, 1])}, [(4, 4, 44, 44)] * 2)
+    model = build_classifier("resnet18", {"a": 2}, input_size=32).eval()
+    embedder = IdentityEmbedder()
+    same = score(images.clone(), data, model, {}, embedder)
+    assert data.identity is not None and len(data.identity) == 2
+    assert same["identity_distance"] == 0.0 and same["identity_kept"] == 1.0
+    kept = data.identity
+    other = score(torch.rand(2, 3, 48, 48), data, model, {}, embedder)
+    assert data.identity is kept and other["identity_distance"] > 0  # reused, and a different image is farther
