@@ -83,7 +83,7 @@ def main() -> None:
             parser.error(f"--refine {key}: not a refine setting ({', '.join(protector.config['refine'])})")
         protector.config["refine"][key] = json.loads(value)
     test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", [args.split], args.faces, cfg["seed"])
-    chips = [np.asarray(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
+    chips = [np.array(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
     labels = {k: torch.tensor(test[k].to_numpy()) for k in protector.config["attributes"]}
     clean = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255 for c in chips])
     print(f"{len(chips)} {args.split} faces (200x200), torch threads {torch.get_num_threads()}, "
