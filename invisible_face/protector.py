@@ -193,6 +193,7 @@ class Protector:
         regions = [grow_rect(rect, landmarks_box, t) for t in rcfg["growth"]]
         if rcfg["crop_fallback"]:
             regions.append(torch.tensor([[0.0, 0.0, float(w), float(h)]], dtype=rect.dtype))
+        logits = None
         for rect in regions:
             delta, fooled, logits = refine_perturbation(
                 self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes, self.config["protect"]["epsilon"],
@@ -216,7 +217,7 @@ class Protector:
     def protect(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRecord]]:
         """Protect every face of an RGB uint8 H x W x 3 photo. No face: the photo comes back unchanged."""
         h, w = image.shape[:2]
-        out = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        out = torch.tensor(image).permute(2, 0, 1).float() / 255  # a copy: read-only arrays are fine
         records = []
         for face in self.landmarks.detect(image):
             t0 = time.perf_counter()
@@ -238,7 +239,7 @@ class Protector:
         t0 = time.perf_counter()
         lcfg = self.config["landmarks"]
         face = self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample_chip"])
-        crop = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+        crop = torch.tensor(image).permute(2, 0, 1).float() / 255
         protected, rect, before, after = self.protect_face(crop, face.points, labels)
         record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
                             score=face.score, ms=1000 * (time.perf_counter() - t0),

@@ -172,3 +172,14 @@ def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, 
     children = mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 and children["metrics.val_hpn"].notna().all()
     mlflow.set_tracking_uri(None)
+
+
+def test_protector_without_refinement_regions_still_reports_its_calls(ldman_env, tmp_path):
+    cfg = copy.deepcopy(ldman_env["cfg"])
+    cfg["protector"]["refine"].update(growth=[], crop_fallback=False)  # steps, but no region to take them in
+    protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
+                                                ldman_env["surrogate"], cfg))
+    chip = (ldman_env["images"][3].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    chip.setflags(write=False)  # as np.asarray(PIL image) gives
+    out, records = protector.protect_chip(chip)
+    assert set(records[0].predicted_after) == set(ATTRS) and out.shape == chip.shape
