@@ -1,0 +1,146 @@
+"""How far can any attack made on the defender's side move the adversary's zoo at the 8/255 budget?
+
+    python benchmarks/transfer_ceiling.py [--faces 100] [--split test] [--steps 20]
+
+The evaluation finds every method's transfer MOSR near zero. This asks whether a stronger
+transfer recipe would change that: on the same faces, with the true labels, full chip, MI-FGSM on
+the surrogate alone, with input diversity (DI: each step averages 4 randomly resized and padded
+views), with DI and translation invariance (TI), on an ensemble of the surrogate and copies of the
+zoo's architectures trained on the defender's own split (the defender can guess architectures, not
+weights), and white-box on each of those copies and on each zoo model itself. It prints each model's
+error rate per attribute and the share with every attribute wrong (MOSR), clean first.
+
+The copies train once on Ray Train with the classifiers stage's recipe (about 5 min on 2 cores) and
+are kept in artifacts/transfer_ceiling/. Run it after `dvc repro classifiers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from invisible_face.attacks import iterative_attack
+from invisible_face.classifiers import attribute_sizes, train_classifier
+from invisible_face.data import FaceAttributes
+from invisible_face.models import AttributeClassifier, load_classifier, save_classifier
+from invisible_face.params import PROJECT_ROOT, load_params
+
+SCALING_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "num_cpus")
+
+
+def mean_logits(outs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+
+
+class Ensemble(nn.Module):
+    """Several models as one: the mean of their logits per attribute."""
+
+    def __init__(self, models: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return mean_logits([m(x) for m in self.members])
+
+
+class InputDiversity(nn.Module):
+    """DI-FGSM: the model's mean logits over ``views`` random resizes (``low``..1 of the side), each
+    padded back to size at a random offset. B x 3 x H x W -> {attribute: B x C}."""
+
+    def __init__(self, model: nn.Module, views: int = 4, low: float = 0.85, seed: int = 0) -> None:
+        super().__init__()
+        self.model, self.views, self.low = model, views, low
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        side = int(min(h, w) * (self.low + (1 - self.low) * torch.rand(1, generator=self.generator).item()))
+        left, top = (int(torch.randint(0, n - side + 1, (1,), generator=self.generator)) for n in (w, h))
+        small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+        return F.pad(small, (left, w - side - left, top, h - side - top), value=0.5)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return mean_logits([self.model(self.view(x)) for _ in range(self.views)])
+
+
+def defender_copies(params: dict, folder: Path) -> dict[str, AttributeClassifier]:
+    """Each zoo architecture trained with its zoo entry's recipe on the defender's split
+    (surrogate_train), cached in ``folder``."""
+    cfg, attributes = params["classifiers"], attribute_sizes(params)
+    copies = {}
+    for spec in cfg["zoo"]:
+        path = folder / f"defender_{spec['arch']}.pt"
+        if not path.exists():
+            config = {"arch": spec["arch"], "attributes": attributes, "input_size": cfg["input_size"],
+                      "image_size": cfg["image_size"], "manifest": str(PROJECT_ROOT / "artifacts/validate/manifest.csv"),
+                      "image_dir": str(PROJECT_ROOT / params["data"]["image_dir"]), "train_splits": ["surrogate_train"],
+                      "val_splits": ["val"], "epochs": spec["epochs"], "batch_size": spec.get("batch_size", cfg["batch_size"]),
+                      "lr": spec.get("lr", cfg["lr"]), "weight_decay": cfg["weight_decay"], "dropout": cfg["dropout"],
+                      "flip": cfg["flip"], "crop_scale": cfg.get("crop_scale"),
+                      "channels_last": spec.get("channels_last", False), "seed": params["seed"]}
+            model, _ = train_classifier(config, name=f"transfer-ceiling-{spec['arch']}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                        storage_path=(PROJECT_ROOT / cfg["storage_path"]).resolve(),
+                                        scaling={k: cfg[k] for k in SCALING_KEYS})
+            folder.mkdir(parents=True, exist_ok=True)
+            save_classifier(model, path, extra={"name": path.stem, "train_splits": ["surrogate_train"]})
+        copies[path.stem] = load_classifier(path)
+    return copies
+
+
+@torch.no_grad()
+def error_rates(model: nn.Module, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> list[float]:
+    """Error rate per attribute, then the share with every attribute wrong (MOSR)."""
+    wrong = torch.stack([v.argmax(1) != labels[k] for k, v in model(x).items()])
+    return [*wrong.float().mean(1).tolist(), wrong.all(0).float().mean().item()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces", type=int, default=100)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    cfg = params["classifiers"]
+    models_dir = PROJECT_ROOT / "artifacts/classifiers/models"
+    surrogate = load_classifier(models_dir / f"{cfg['surrogate']['name']}.pt")
+    zoo = {m["name"]: load_classifier(models_dir / f"{m['name']}.pt") for m in cfg["zoo"]}
+    copies = defender_copies(params, PROJECT_ROOT / "artifacts/transfer_ceiling")
+    faces = FaceAttributes(PROJECT_ROOT / "artifacts/validate/manifest.csv", PROJECT_ROOT / params["data"]["image_dir"],
+                           [args.split], list(attribute_sizes(params)), size=params["ldman"]["image_size"],
+                           limit=args.faces, seed=params["seed"])
+    clean, labels = faces.images.float() / 255, dict(faces.labels)
+    epsilon = params["ldman"]["epsilon"]
+
+    attacks = {  # name -> (model attacked, TI sigma)
+        "MI-FGSM on the surrogate": (surrogate, 0.0),
+        "DI-MI-FGSM": (InputDiversity(surrogate), 0.0),
+        "DI-TI-MI-FGSM": (InputDiversity(surrogate), 3.0),
+        "MI-FGSM, surrogate + copies": (Ensemble([surrogate, *copies.values()]), 0.0),
+        **{f"white-box on {n}": (m, 0.0) for n, m in {**copies, **zoo}.items()},
+    }
+    scored = {"surrogate": surrogate, **copies, **zoo}
+    names = list(labels)
+    print(f"{len(clean)} {args.split} chips, true labels, full chip, L-inf {epsilon * 255:.0f}/255, {args.steps} steps, "
+          f"momentum 1. Error rate per attribute ({' / '.join(names)}) and MOSR (all wrong) of each model.")
+    print(f"{'attack':34s} {'s':>5s} " + " ".join(f"{n[:24]:>26s}" for n in scored))
+
+    def row(name: str, x: torch.Tensor, seconds: float) -> None:
+        cells = [" / ".join(f"{v:.2f}" for v in error_rates(m, x, labels)) for m in scored.values()]
+        print(f"{name:34s} {seconds:5.0f} " + " ".join(f"{c:>26s}" for c in cells), flush=True)
+
+    row("clean", clean, 0.0)
+    for name, (model, ti_sigma) in attacks.items():
+        start = time.perf_counter()
+        adversarial = iterative_attack(model, clean, labels, epsilon, args.steps, 1.6 * epsilon / args.steps,
+                                       momentum=1.0, ti_sigma=ti_sigma)
+        row(name, (adversarial * 255).round() / 255, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
