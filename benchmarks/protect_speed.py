@@ -1,6 +1,6 @@
 """ms per 200x200 face for the protector (landmarks, region, DP, G, paste) next to a PGD-50
-baseline (full image, same surrogate, same faces) in the same run, with both methods' MOSR and
-SSIM on the surrogate; where the protector's time goes; and one surrogate forward + backward pass
+baseline (full image, same surrogate, same faces) in the same run, with both methods' MOSR, SSIM,
+PSNR and MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the surrogate; where the protector's time goes; and one surrogate forward + backward pass
 in the channels-last layout the protector loads against the plain NCHW layout.
 
     python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
@@ -27,6 +27,7 @@ from PIL import Image
 
 from invisible_face.attacks import baseline_attack
 from invisible_face.data import sample_rows
+from invisible_face.evaluation import jpeg
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.params import PROJECT_ROOT, load_params
 import invisible_face.protector as protector_module
@@ -100,9 +101,9 @@ def main() -> None:
 
     def scores(x):
         with torch.no_grad():
-            preds = {k: v.argmax(1) for k, v in protector.surrogate(x).items()}
+            preds, after_jpeg = ({k: v.argmax(1) for k, v in protector.surrogate(y).items()} for y in (x, jpeg(x, 75)))
         p = psnr(clean, x)
-        return mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item()
+        return mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item(), mosr(after_jpeg, labels)
 
     rows = {"Invisible-Face": (ours_ms, *scores(ours))}
     if not args.no_pgd:
@@ -111,9 +112,9 @@ def main() -> None:
                                          protector.config["protect"]["epsilon"], steps=50) for i in range(len(chips))])
         pgd_ms = 1000 * (time.perf_counter() - start) / len(chips)
         rows["PGD-50 (full)"] = (pgd_ms, *scores((pgd * 255).round() / 255))  # both saved as 8-bit images
-    print(f"{'method':14s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s}")
-    for name, (ms, m, s_, p_) in rows.items():
-        print(f"{name:14s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f}")
+    print(f"{'method':14s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s}")
+    for name, (ms, m, s_, p_, j) in rows.items():
+        print(f"{name:14s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f}")
     if not args.no_pgd:
         print(f"(PGD attacks the true labels; the protector is {'' if args.known_labels else 'not '}told them)")
         print(f"speed ratio PGD-50 / ours: {rows['PGD-50 (full)'][0] / ours_ms:.1f}x")

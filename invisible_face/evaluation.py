@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +22,7 @@ from torch import nn
 from invisible_face.identity import SAME_PERSON, IdentityEmbedder
 from invisible_face.ldman_training import SurrogateFeatures
 from invisible_face.losses import perceptual_distance
-from invisible_face.metrics import h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
+from invisible_face.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.models import AttributeClassifier
 from invisible_face.protector import to_uint8
 from invisible_face.refine import plausible_classes
@@ -34,6 +34,14 @@ class TestSet:
     labels: dict[str, torch.Tensor]      # attribute -> N
     boxes: list[tuple[float, ...]]       # face box per chip (identity embeddings)
     identity: list[np.ndarray] | None = None  # the clean chips' embeddings, computed once (see score)
+    clean_logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # model name -> its logits, once
+
+    def clean_calls(self, name: str, model: AttributeClassifier) -> dict[str, torch.Tensor]:
+        """``model``'s logits on the clean chips {attribute: N x C}, computed on first use: every
+        method is scored against the same clean calls."""
+        if name not in self.clean_logits:
+            self.clean_logits[name] = logits(model, self.images)
+        return self.clean_logits[name]
 
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
@@ -41,24 +49,25 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def logits(model: AttributeClassifier, x: torch.Tensor, batch: int = 128) -> dict[str, torch.Tensor]:
+    """N x 3 x H x W -> {attribute: N x C}, in batches."""
+    chunks = [model(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
+
+
 def predict(model: AttributeClassifier, x: torch.Tensor, batch: int = 128) -> dict[str, torch.Tensor]:
-    out: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(x), batch):
-        for k, v in model(x[i:i + batch]).items():
-            out.setdefault(k, []).append(v.argmax(1))
-    return {k: torch.cat(v) for k, v in out.items()}
+    """N x 3 x H x W -> {attribute: N predicted classes}."""
+    return {k: v.argmax(1) for k, v in logits(model, x, batch).items()}
 
 
-def truth_in_cover(model: AttributeClassifier, x: torch.Tensor, labels: dict[str, torch.Tensor], cover: float) -> float:
+def truth_in_cover(clean_logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], cover: float) -> float:
     """Share of faces whose true class lies, for every attribute, inside the set a label-free
     protector steers away from (:func:`invisible_face.refine.plausible_classes` on the clean face).
 
     Steering a call out of that set fools such a face. Any other face is fooled only if its call
     lands on a third, wrong class, never on a binary attribute: this share roughly caps
-    label-free MOSR. x: N x 3 x H x W; labels: {attribute: N}."""
-    with torch.no_grad():
-        chunks = [model(x[i:i + 128]) for i in range(0, len(x), 128)]
-    inside = torch.stack([plausible_classes(torch.cat([c[k] for c in chunks]), cover).gather(1, labels[k].view(-1, 1))[:, 0]
+    label-free MOSR. clean_logits: the surrogate's, {attribute: N x C}; labels: {attribute: N}."""
+    inside = torch.stack([plausible_classes(clean_logits[k], cover).gather(1, labels[k].view(-1, 1))[:, 0]
                           for k in labels])
     return inside.all(0).float().mean().item()
 
@@ -75,8 +84,11 @@ def run_method(protect: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.
 
 def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier, zoo: dict[str, AttributeClassifier],
           embedder: IdentityEmbedder | None) -> dict[str, Any]:
-    """Privacy, naturalness and identity figures of one method's protected test set."""
-    clean_pred, adv_pred = predict(surrogate, data.images), predict(surrogate, protected)
+    """Privacy, naturalness and identity figures of one method's protected test set. Transfer: each
+    zoo model's MOSR, and per attribute the share of its right calls on the clean chips that
+    protection makes wrong (``fooled_<model>_<attribute>``; MOSR needs all three at once)."""
+    argmax = lambda calls: {k: v.argmax(1) for k, v in calls.items()}
+    clean_pred, adv_pred = argmax(data.clean_calls("surrogate", surrogate)), predict(surrogate, protected)
     s = ssim(data.images, protected).mean().item()
     p = psnr(data.images, protected)
     p = p[torch.isfinite(p)].mean().item() if torch.isfinite(p).any() else float("inf")
@@ -89,14 +101,18 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
            "h_pn": h_pn(m, s, p), "percep_surrogate": percep,
            **{f"mosr_{k}_attributes": v for k, v in mosr_by_count(adv_pred, data.labels).items()}}
     for name, model in zoo.items():
-        row[f"mosr_{name}"] = mosr(predict(model, protected), data.labels)
+        zoo_pred = predict(model, protected)
+        row[f"mosr_{name}"] = mosr(zoo_pred, data.labels)
+        for attribute, rate in fooled_rate(argmax(data.clean_calls(name, model)), zoo_pred, data.labels).items():
+            row[f"fooled_{name}_{attribute}"] = rate
     if zoo:
         transfer = float(np.mean([row[f"mosr_{n}"] for n in zoo]))
         row["mosr_transfer_mean"] = transfer
         row["transfer_drop"] = (m - transfer) / m if m > 0 else float("nan")
+        for attribute in data.labels:
+            row[f"fooled_transfer_{attribute}"] = float(np.mean([row[f"fooled_{n}_{attribute}"] for n in zoo]))
     if embedder is not None:
-        # one dlib embedding costs about 120 ms here: the clean chips' are kept on the TestSet for every method
-        if data.identity is None:
+        if data.identity is None:  # the clean chips' embeddings serve every method
             data.identity = [embedder.embed(to_uint8(a), box) for a, box in zip(data.images, data.boxes)]
         d = [float(np.linalg.norm(embedder.embed(to_uint8(b), box) - e))
              for b, box, e in zip(protected, data.boxes, data.identity)]

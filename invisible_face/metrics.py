@@ -37,6 +37,17 @@ def mosr_correct(clean_predictions: dict[str, torch.Tensor], predictions: dict[s
     return fooled_all(predictions, labels)[right].float().mean().item()
 
 
+def fooled_rate(clean_predictions: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor],
+                labels: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per attribute, the share of the images predicted right before protection that are predicted
+    wrong after it (NaN where none was right): {attribute: B} x 3 -> {attribute: float}."""
+    rates = {}
+    for k in labels:
+        right = clean_predictions[k] == labels[k]
+        rates[k] = (predictions[k][right] != labels[k][right]).float().mean().item() if right.any() else float("nan")
+    return rates
+
+
 def ssim(clean: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM (11 x 11 Gaussian window). -> B."""
     return kornia.metrics.ssim(clean, protected, window_size=11, max_val=1.0).flatten(1).mean(1)

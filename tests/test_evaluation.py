@@ -44,10 +44,11 @@ def test_truth_in_cover_counts_faces_whose_truth_the_label_free_protector_steers
 
     x = torch.cat([torch.full((3, 3, 4, 4), 0.9), torch.full((1, 3, 4, 4), 0.1)])
     calls = torch.tensor([0, 0, 0, 1])
-    assert truth_in_cover(Fixed(), x, {"a": calls}, cover=0.9) == 1.0
+    clean = Fixed()(x)
+    assert truth_in_cover(clean, {"a": calls}, cover=0.9) == 1.0
     # a binary attribute's other class is never in the set: a wrong call cannot be steered onto a wrong class
-    assert truth_in_cover(Fixed(), x, {"a": 1 - calls}, cover=0.99) == 0.0
-    assert truth_in_cover(Fixed(), x, {"a": torch.tensor([0, 0, 1, 1])}, cover=0.9) == 0.75
+    assert truth_in_cover(clean, {"a": 1 - calls}, cover=0.99) == 0.0
+    assert truth_in_cover(clean, {"a": torch.tensor([0, 0, 1, 1])}, cover=0.9) == 0.75
 
 
 def test_score_embeds_the_clean_faces_once_and_measures_identity_against_them():
@@ -63,6 +64,27 @@ def test_score_embeds_the_clean_faces_once_and_measures_identity_against_them():
     same = score(images.clone(), data, model, {}, embedder)
     assert data.identity is not None and len(data.identity) == 2
     assert same["identity_distance"] == 0.0 and same["identity_kept"] == 1.0
-    kept = data.identity
+    kept, clean_calls = data.identity, data.clean_logits["surrogate"]
     other = score(torch.rand(2, 3, 48, 48), data, model, {}, embedder)
     assert data.identity is kept and other["identity_distance"] > 0  # reused, and a different image is farther
+    assert data.clean_logits["surrogate"] is clean_calls  # the clean calls too
+
+
+def test_score_reports_transfer_per_attribute_against_each_zoo_models_clean_calls():
+    from invisible_face.evaluation import TestSet, score
+    from invisible_face.models import build_classifier
+
+    class Brightness(torch.nn.Module):  # calls "a" = 1 for bright chips; "b" always 0
+        def forward(self, x):
+            z = 20 * (x.mean((1, 2, 3)) - 0.5)
+            return {"a": torch.stack([-z, z], 1), "b": torch.stack([torch.ones_like(z), -torch.ones_like(z)], 1)}
+
+    images = torch.cat([torch.full((3, 3, 8, 8), 0.8), torch.full((1, 3, 8, 8), 0.2)])
+    data = TestSet(images, {"a": torch.tensor([1, 1, 1, 0]), "b": torch.tensor([0, 0, 1, 0])}, [])
+    darker = images.clone()
+    darker[:2] = 0.2  # two of the three bright chips now read dark: "a" goes wrong on them
+    surrogate = build_classifier("resnet18", {"a": 2, "b": 2}, input_size=32).eval()
+    row = score(darker, data, surrogate, {"zoo": Brightness()}, None)
+    assert row["fooled_zoo_a"] == 0.5 and row["fooled_transfer_a"] == 0.5  # 2 of the 4 right calls
+    assert row["fooled_zoo_b"] == 0.0  # "b" never moves (its one wrong clean call does not count)
+    assert row["mosr_zoo"] == 0.0 and set(data.clean_logits) == {"surrogate", "zoo"}

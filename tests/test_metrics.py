@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from invisible_face.metrics import h_pn, mosr, mosr_by_count, mosr_correct, naturalness, psnr, ssim
+from invisible_face.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, naturalness, psnr, ssim
 
 LABELS = {"gender": torch.tensor([0, 1, 0, 1]), "race": torch.tensor([2, 2, 0, 1])}
 
@@ -16,6 +16,14 @@ def test_mosr_counts_images_with_every_attribute_wrong():
     # images 0, 1, 3 were all right before; of those 0 and 3 are fooled
     assert mosr_correct(clean, preds, LABELS) == pytest.approx(2 / 3)
     assert math.isnan(mosr_correct({k: v + 1 for k, v in LABELS.items()}, preds, LABELS))
+
+
+def test_fooled_rate_counts_right_calls_made_wrong_per_attribute():
+    clean = {"gender": torch.tensor([0, 1, 1, 1]), "race": torch.tensor([2, 2, 0, 1])}
+    after = {"gender": torch.tensor([1, 1, 0, 0]), "race": torch.tensor([2, 2, 0, 1])}
+    # gender: images 0, 1, 3 right before; 0 and 3 wrong after. race: all right, none moved
+    assert fooled_rate(clean, after, LABELS) == {"gender": pytest.approx(2 / 3), "race": 0.0}
+    assert math.isnan(fooled_rate({k: v + 1 for k, v in LABELS.items()}, after, LABELS)["race"])
 
 
 def test_identical_images_give_ssim_one_and_infinite_psnr():
