@@ -1,7 +1,8 @@
 """ms per 200x200 face for the protector (landmarks, region, DP, G, paste) next to a PGD-50
 baseline (full image, same surrogate, same faces) in the same run, with both methods' MOSR, SSIM,
-PSNR and MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the surrogate; where the protector's time goes; and one surrogate forward + backward pass
-in the channels-last layout the protector loads against the plain NCHW layout.
+PSNR and MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the
+surrogate; where the protector's time goes; and one surrogate forward + backward pass in the
+channels-last layout the protector loads against the plain NCHW layout.
 
     python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
                                        [--split test] [--known-labels] [--no-pgd]
