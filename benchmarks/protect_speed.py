@@ -28,7 +28,7 @@ from PIL import Image
 
 from invisible_face.attacks import baseline_attack
 from invisible_face.data import sample_rows
-from invisible_face.evaluation import jpeg
+from invisible_face.evaluation import jpeg, predict
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.params import PROJECT_ROOT, load_params
 import invisible_face.protector as protector_module
@@ -101,8 +101,7 @@ def main() -> None:
     ours = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in protected])
 
     def scores(x):
-        with torch.no_grad():
-            preds, after_jpeg = ({k: v.argmax(1) for k, v in protector.surrogate(y).items()} for y in (x, jpeg(x, 75)))
+        preds, after_jpeg = predict(protector.surrogate, x), predict(protector.surrogate, jpeg(x, 75))
         p = psnr(clean, x)
         return mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item(), mosr(after_jpeg, labels)
 
