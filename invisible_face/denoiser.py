@@ -1,4 +1,4 @@
-"""Resilient-perturbation module RP (paper V-C-7, Eq. 19; DESIGN.md decision 7).
+"""Resilient-perturbation module RP (paper V-C-7, Eq. 19; docs/design.md, "RP").
 
 A small encoder-decoder trained in its own stage to undo degradations a protected photo meets
 (Gaussian noise, JPEG, blur) and adversarial-looking sign noise within the budget. Frozen while

@@ -1,5 +1,5 @@
 """Identity kept? dlib's face-recognition embeddings (shipped in face-recognition-models) before
-and after protection; a distance under 0.6 is dlib's "same person" threshold (DESIGN.md decision 10)."""
+and after protection; a distance under 0.6 is dlib's "same person" threshold (docs/design.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Face detection and 68-point landmarks (iBUG-68 layout) behind one interface.
 
-Two backends, chosen by ``landmarks.backend`` in params (DESIGN.md decision 9):
+Two backends, chosen by ``landmarks.backend`` in params (docs/design.md, "Pretrained parts and fallbacks"):
 
 - ``fan``: face-alignment's FAN, used only when its weights are already in the torch hub cache
   (``$TORCH_HOME/hub/checkpoints``): nothing is downloaded at run time.

@@ -1,4 +1,4 @@
-"""Evaluation metrics (paper VI-F; DESIGN.md decision 10). Images are B x 3 x H x W in [0, 1]."""
+"""Evaluation metrics (paper VI-F; docs/design.md, "Metrics"). Images are B x 3 x H x W in [0, 1]."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def psnr(clean: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
 
 
 def naturalness(ssim_value: float, psnr_value: float) -> float:
-    """S_nat = 0.5 SSIM + 0.5 PSNR*, PSNR* = clip((PSNR - 10) / 40, 0, 1) (DESIGN.md decision 10)."""
+    """S_nat = 0.5 SSIM + 0.5 PSNR*, PSNR* = clip((PSNR - 10) / 40, 0, 1) (docs/design.md, "Metrics")."""
     psnr_star = min(max((psnr_value - 10) / 40, 0.0), 1.0)
     return 0.5 * ssim_value + 0.5 * psnr_star
 

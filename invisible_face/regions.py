@@ -11,7 +11,7 @@ the area fraction.
 Algorithm 1 walks the landmarks sorted by abscissa: candidate k has its top-left corner at the k-th
 point and its bottom-right corner at that point reflected through the centre p_c. The candidates
 therefore do not depend on which moves were accepted, so all of them are scored in one batched
-forward pass and the annealing then runs over the precomputed objectives (DESIGN.md decision 6).
+forward pass and the annealing then runs over the precomputed objectives (docs/design.md, "Regions").
 The walk keeps the best state it visited, as annealing implementations usually do.
 """
 

@@ -1,4 +1,4 @@
-"""denoiser stage: train RP, the resilient-perturbation module (DESIGN.md decision 7).
+"""denoiser stage: train RP, the resilient-perturbation module (docs/design.md, "RP").
 
 Outputs (artifacts/denoiser/): rp.pt (plain state dict), metrics.json (held-out PSNR gain),
 history.csv (per epoch, a DVC plot). One MLflow run in the experiment "denoiser".
