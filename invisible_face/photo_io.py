@@ -1,5 +1,10 @@
 """Reading and writing user photos: content sniffed from bytes, EXIF orientation applied, every
-piece of metadata (EXIF, GPS, ICC, text chunks) left out of the output."""
+piece of metadata (EXIF, GPS, ICC, text chunks) left out of the output.
+
+Still photos only: an animation (animated GIF, APNG, animated WebP) or a multi-page file (TIFF) is
+refused with ``PhotoUnsupported`` naming what it is, rather than answered with its first frame
+alone. (A multi-picture JPEG from a phone, MPO, is read as its first, main picture.)
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,28 @@ class PhotoTooLarge(PhotoError):
     """More pixels than allowed, or a decompression bomb (told from its header, before decoding)."""
 
 
+class PhotoUnsupported(PhotoError):
+    """A readable image that is not a still photo: an animation or a multi-page file."""
+
+
+def frame_count(img: Image.Image) -> int:
+    """Frames (or pages) in an opened image, from its headers and chunk structure (no pixel decoding)."""
+    return int(getattr(img, "n_frames", 1) or 1)
+
+
+def unsupported_reason(img: Image.Image) -> str | None:
+    """Why an opened image cannot be protected as one photo, or None for a still photo."""
+    fmt = img.format or "image"
+    frames = frame_count(img)
+    if frames <= 1 or fmt == "MPO":
+        return None
+    unit = "page" if fmt == "TIFF" else "frame"
+    name = {"PNG": "APNG", "WEBP": "WebP"}.get(fmt, fmt)
+    what = f"multi-page {fmt} ({frames} pages)" if fmt == "TIFF" else f"animated {name} ({frames} frames)"
+    return (f"{what}: only still photos are protected, and answering with the first {unit} alone would drop "
+            f"the others; send each {unit} as a still image")
+
+
 @dataclass
 class Photo:
     rgb: np.ndarray            # H x W x 3 uint8, upright
@@ -35,6 +62,9 @@ def read_photo(data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Photo:
             fmt = img.format or "PNG"
             if img.width * img.height > max_pixels:
                 raise PhotoTooLarge(f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels}")
+            reason = unsupported_reason(img)
+            if reason:
+                raise PhotoUnsupported(reason)
             img = ImageOps.exif_transpose(img)  # also loads the pixels: truncation fails here
             alpha = None
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

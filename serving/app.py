@@ -12,7 +12,15 @@ Two deployments:
   comes back in the ``X-Batch-Size`` header, and ``/healthz`` counts the sizes seen.
 - ``Ingress`` (FastAPI) checks and decodes uploads, calls the model, encodes the answer. Bad input
   never reaches the model: size limit (413), pixel limit and decompression bombs (413), content
-  sniffed from the bytes by ``read_photo`` (422 when it is not a readable image).
+  sniffed from the bytes by ``read_photo`` (422 when it is not a readable image, 415 when it is an
+  animation or a multi-page file: see ``photo_io.read_photo``).
+
+A model replica that dies under a call (SIGKILL, out-of-memory kill, node loss: Ray's
+``RayActorError`` family) costs no request: ``/protect`` and ``/analyze`` are idempotent, so the
+ingress sends the call once more, to another replica or to the one Serve starts in its place, and
+answers 503 only when that second try fails too. The retried answer carries ``X-Retried: 1``;
+``/healthz`` counts retries (``ingress.retried``, ``ingress.retried_ok``). Overload is not retried:
+a full queue (Serve's ``BackPressureError``) answers 503 with ``Retry-After: 1`` at once.
 
 Every error is a JSON object ``{"error": message, "status": code}``. Settings come from the
 application's ``args`` in ``serving/config.yaml`` (the one source of truth); ``from_config``
@@ -22,6 +30,8 @@ builds the same application from that file for tests and benchmarks.
 import asyncio
 import base64
 import json
+import logging
+import os
 import tempfile
 import time
 from collections import Counter
@@ -35,18 +45,20 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from invisible_face.params import PROJECT_ROOT
-from invisible_face.photo_io import FORMATS, Photo, PhotoError, PhotoTooLarge, read_photo, write_photo
+from invisible_face.photo_io import FORMATS, Photo, PhotoError, PhotoTooLarge, PhotoUnsupported, read_photo, write_photo
 
 SERVING_DIR = Path(__file__).resolve().parent
 CONFIG_PATH = SERVING_DIR / "config.yaml"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
                "TIFF": "image/tiff"}
+logger = logging.getLogger("ray.serve")
 TARGET_UNAVAILABLE = {"available": False,
                       "reason": "this protector export holds no audit model (protector.audit_model)"}
 
@@ -115,10 +127,11 @@ class ProtectorModel:
         """Model and batching state for ``/healthz`` and ``/analyze``."""
         surrogate = self.protector.config["surrogate"]
         return {"model": self.source, "warm": self.warm,
-                "replica": serve.get_replica_context().replica_id.unique_id,
+                "replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
                 "surrogate": {"arch": surrogate["arch"], "input_size": surrogate["input_size"]},
                 "attributes": self.protector.config["attributes"],
-                "target": ({"available": True, **{k: self.protector.config["target"][k] for k in ("name", "arch", "input_size")}}
+                "target": ({"available": True,
+                            **{k: self.protector.config["target"][k] for k in ("name", "arch", "input_size")}}
                            if self.protector.target is not None else TARGET_UNAVAILABLE),
                 **self.batching,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())}}
@@ -196,13 +209,16 @@ UPLOAD = {"requestBody": {"required": True, "content": {
 
 
 def decode(data: bytes, max_pixels: int) -> Photo:
-    """Upload bytes -> Photo, or ApiError 413 (too many pixels) / 422 (not a readable image)."""
+    """Upload bytes -> Photo, or ApiError 413 (too many pixels) / 415 (an animation or a multi-page file,
+    not a still photo) / 422 (not a readable image)."""
     if not data:
         raise ApiError(422, "empty upload: send a photo")
     try:
         photo = read_photo(data, max_pixels=max_pixels)  # the pixel limit is checked on the header
     except PhotoTooLarge as err:
         raise ApiError(413, str(err)) from err
+    except PhotoUnsupported as err:
+        raise ApiError(415, str(err)) from err
     except PhotoError as err:
         raise ApiError(422, str(err)) from err
     if photo.format == "MPO":  # multi-picture JPEG (phones): the first picture, answered as JPEG
@@ -233,6 +249,22 @@ async def _awaited(response: Any) -> Any:
     return await response
 
 
+def replica_died(err: BaseException) -> bool:
+    """Whether a model call failed because its replica died or became unreachable (worth one retry
+    elsewhere): Ray's ``RayActorError`` (``ActorDiedError``, ``ActorUnavailableError``), Serve's
+    ``ReplicaUnavailableError``, or either as the cause of a wrapping error. Never overload
+    (``BackPressureError``) and never an error raised by the model's own code."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, BackPressureError):
+            return False
+        if isinstance(err, (RayActorError, ReplicaUnavailableError)):
+            return True
+        err = getattr(err, "cause", None) or err.__cause__
+        seen += 1
+    return False
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(api)
 class Ingress:
@@ -244,12 +276,14 @@ class Ingress:
         self.max_pixels, self.request_timeout_s = max_pixels, request_timeout_s
         self.page = (SERVING_DIR / "page.html").read_text()
         self._facts: dict[str, Any] | None = None
+        # model calls sent a second time because their replica died, and how many of those succeeded
+        self.retries: dict[str, Any] = {"retried": 0, "retried_ok": 0, "last_cause": None}
 
     async def _model_facts(self) -> dict[str, Any]:
         """What /analyze reports of the model (attributes, surrogate, audit model): the same on every
         replica of one export, so the replica is asked once, not on every request."""
         if self._facts is None:
-            info = await self._call_model("info")
+            info, _ = await self._call_model("info")
             self._facts = {k: info[k] for k in ("attributes", "surrogate", "target")}
         return self._facts
 
@@ -271,24 +305,40 @@ class Ingress:
             raise ApiError(413, f"upload is over the limit of {self.max_upload_bytes} bytes")
         return data
 
-    async def _call_model(self, method: str, *args: Any) -> Any:
-        """Call the model; overload, a dead replica and timeouts become 503/504 JSON, never a hang."""
-        response = getattr(self.model, method).remote(*args)
-        try:
-            return await asyncio.wait_for(_awaited(response), self.request_timeout_s)
-        except BackPressureError as err:
-            raise ApiError(503, "the service is at capacity; retry shortly", {"Retry-After": "1"}) from err
-        except asyncio.TimeoutError as err:
-            response.cancel()
-            raise ApiError(504, f"protection took longer than {self.request_timeout_s} s") from err
-        except Exception as err:  # noqa: BLE001 - replica died or is restarting
-            raise ApiError(503, f"model replica unavailable ({type(err).__name__}: {str(err)[:300]}); retry shortly",
-                           {"Retry-After": "1"}) from err
+    async def _call_model(self, method: str, *args: Any, retry: bool = True) -> tuple[Any, int]:
+        """Call the model -> (result, number of retries: 0 or 1). A call whose replica died is sent once
+        more (``retry``), to another replica or the restarted one, within the same ``request_timeout_s``.
+        Overload answers 503 at once; a second death, or any other failure, 503; the time limit, 504.
+        Never a hang."""
+        deadline = time.monotonic() + self.request_timeout_s
+        for attempt in (0, 1):
+            response = getattr(self.model, method).remote(*args)
+            try:
+                result = await asyncio.wait_for(_awaited(response), max(deadline - time.monotonic(), 0.001))
+            except BackPressureError as err:
+                raise ApiError(503, "the service is at capacity; retry shortly", {"Retry-After": "1"}) from err
+            except asyncio.TimeoutError as err:
+                response.cancel()
+                raise ApiError(504, f"protection took longer than {self.request_timeout_s} s") from err
+            except Exception as err:  # noqa: BLE001 - replica died or is restarting, or another failure
+                if retry and attempt == 0 and replica_died(err):
+                    self.retries["retried"] += 1
+                    self.retries["last_cause"] = type(err).__name__
+                    logger.warning("model.%s: replica died (%s); retrying once", method, type(err).__name__)
+                    continue
+                again = " after one retry" if attempt else ""
+                raise ApiError(503, f"model replica unavailable{again} ({type(err).__name__}: {str(err)[:300]}); "
+                               "retry shortly", {"Retry-After": "1"}) from err
+            if attempt:
+                self.retries["retried_ok"] += 1
+            return result, attempt
+        raise AssertionError("unreachable")
 
     async def _protect(self, request: Request) -> tuple[Photo, dict[str, Any], bytes, str]:
         data = await self._upload(request)
         photo = await asyncio.to_thread(decode, data, self.max_pixels)
-        result = await self._call_model("protect", photo.rgb)
+        result, retried = await self._call_model("protect", photo.rgb)
+        result["retried"] = retried
         if "error" in result:
             raise ApiError(500, f"protection failed: {result['error']}")
         if not result["faces"]:
@@ -302,23 +352,26 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 when a model replica answers (loaded and warmed up); 503 otherwise."""
-        info = await self._call_model("info")
-        return JSONResponse({"status": "ok", **info})
+        """200 when a model replica answers (loaded and warmed up); 503 otherwise (not retried: a probe
+        should see a dead replica). ``ingress``: this ingress replica's retry counts."""
+        info, _ = await self._call_model("info", retry=False)
+        return JSONResponse({"status": "ok", **info, "ingress": dict(self.retries)})
 
     @api.post("/protect", openapi_extra=UPLOAD,
               responses={200: {"content": {"image/*": {}}, "description": "the protected photo"}})
     async def protect(self, request: Request, format: Literal["image", "json"] = "image") -> Response:
         """Protected photo in the input's format; per-face records in the ``X-Faces`` header
-        (``?format=json``: one JSON object with the image in base64)."""
+        (``?format=json``: one JSON object with the image in base64). ``X-Retried: 1`` when the model
+        call was sent a second time because its replica died."""
         photo, result, encoded, media_type = await self._protect(request)
         summary = {"status": "protected" if result["faces"] else "no_face", "faces": result["faces"]}
+        retried = {"X-Retried": str(result["retried"])}
         if format == "json":
             return JSONResponse({**summary, "media_type": media_type, "width": photo.rgb.shape[1],
                                  "height": photo.rgb.shape[0], "batch_size": result["batch_size"],
-                                 "image_base64": base64.b64encode(encoded).decode()})
+                                 "image_base64": base64.b64encode(encoded).decode()}, headers=retried)
         return Response(encoded, media_type=media_type, headers={
-            "X-Faces": json.dumps(summary), "X-Batch-Size": str(result["batch_size"])})
+            "X-Faces": json.dumps(summary), "X-Batch-Size": str(result["batch_size"]), **retried})
 
     @api.post("/analyze", openapi_extra=UPLOAD)
     async def analyze(self, request: Request, image: bool = False) -> JSONResponse:
@@ -338,7 +391,7 @@ class Ingress:
                 "batch_size": result["batch_size"], "ms": round(1000 * (time.perf_counter() - t0), 1)}
         if image:
             body.update(media_type=media_type, image_base64=base64.b64encode(encoded).decode())
-        return JSONResponse(body)
+        return JSONResponse(body, headers={"X-Retried": str(result["retried"])})
 
 
 # ---------------------------------------------------------------------------------------- building

@@ -1,7 +1,8 @@
 """The Ray Serve app (serving/app.py) over real HTTP on a loopback port, with an untrained export.
 
 Serve starts once for the module; the model deployment has one replica, small queues (so overload
-shows) and a long batch wait (so two concurrent requests reliably share a batch).
+shows) and a long batch wait (so two concurrent requests reliably share a batch). The replica-kill
+test SIGKILLs that replica late in the module; Serve restarts it before the test ends.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import time
@@ -36,10 +38,13 @@ def free_port() -> int:
 
 
 def fast_copy(stem: Path, dst: Path) -> Path:
-    """The export with a short region search and one DP neighbour: I/O tests, not quality."""
+    """The export with a short region search and one DP neighbour (where the export has those
+    settings): I/O tests, not quality."""
     config = json.loads(stem.with_suffix(".json").read_text())
-    config["regions"].update(t_max=1.0, t_min=0.5, restarts=1)
-    config["directions"]["n_neighbours"] = 1
+    if "regions" in config:
+        config["regions"].update(t_max=1.0, t_min=0.5, restarts=1)
+    if "n_neighbours" in config.get("directions", {}):
+        config["directions"]["n_neighbours"] = 1
     dst.with_suffix(".json").write_text(json.dumps(config))
     shutil.copy(stem.with_suffix(".safetensors"), dst.with_suffix(".safetensors"))
     return dst
@@ -57,7 +62,7 @@ def url(ray_cluster, tiny_protector, tmp_path_factory) -> str:
     app, _ = from_config(args={"model": str(model), "max_upload_bytes": MAX_UPLOAD, "max_pixels": MAX_PIXELS,
                                "batch_wait_timeout_s": 0.3},
                          options={"ProtectorModel": {"num_replicas": 1, "max_ongoing_requests": 2,
-                                                     "max_queued_requests": 2}})
+                                                     "max_queued_requests": 4}})
     serve.run(app, name="invisible-face", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
@@ -209,6 +214,29 @@ def test_content_is_sniffed_not_named(url, face):
 
 # ------------------------------------------------------------------------------- bad input
 
+def animation(face: Image.Image, fmt: str, frames: int = 3) -> bytes:
+    """``frames`` frames of the face, a little darker each time, as an animated GIF / APNG / WebP."""
+    images = [face.point(lambda v, k=k: v * (10 - k) // 10) for k in range(frames)]
+    extra = {"WEBP": {"lossless": True}}.get(fmt, {})
+    return encode(images[0], fmt, save_all=True, append_images=images[1:], duration=120, loop=0, **extra)
+
+
+@pytest.mark.parametrize("fmt, name", [("GIF", "GIF"), ("PNG", "APNG"), ("WEBP", "WebP")])
+def test_animated_image_is_refused_with_the_reason(url, face, fmt, name):
+    """An animation is not answered with its first frame alone: 415 naming what it is, on both routes."""
+    data = animation(face, fmt)
+    assert decode(data).n_frames == 3
+    for path in ("/protect", "/analyze"):
+        r = post(url, data, path=path, name="clip.gif")
+        assert r.status_code == 415 and r.headers["content-type"] == "application/json", r.text
+        body = r.json()
+        assert body["status"] == 415 and body["error"].startswith(f"animated {name} (3 frames): ")
+        assert "still" in body["error"]
+    still = encode(face, "GIF")  # a one-frame GIF is a still photo: protected, answered as PNG
+    r = post(url, still)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert faces_header(r)["status"] == "protected"
+
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, with a tiny compressed body: a decompression bomb."""
     def chunk(kind: bytes, body: bytes) -> bytes:
@@ -263,7 +291,8 @@ def test_concurrent_requests_share_a_batch(url, face):
 
 
 def test_overload_answers_503_quickly(url, face):
-    """2 ongoing + 2 queued at the model: of 10 simultaneous requests some are refused at once."""
+    """2 ongoing + 4 queued at the model: of 10 simultaneous requests some are refused at once, and
+    none of them is retried (overload is not a dead replica)."""
     data = encode(face, "JPEG")
 
     def timed(_):
@@ -278,7 +307,39 @@ def test_overload_answers_503_quickly(url, face):
     assert all(r.headers.get("Retry-After") == "1" for r, _ in refused)
     assert min(s for _, s in refused) < 2.0
     assert all(r.status_code in (200, 503) for r, _ in results)
-    assert requests.get(url + "/healthz", timeout=30).status_code == 200
+    assert all(r.headers["X-Retried"] == "0" for r, _ in results if r.status_code == 200)
+    health = requests.get(url + "/healthz", timeout=30)
+    assert health.status_code == 200 and health.json()["ingress"]["retried"] == 0
+
+
+def test_killed_replica_loses_no_request_in_flight(url, face):
+    """SIGKILL of the model replica's worker process while 4 clients wait (2 protected in a batch
+    on the replica, 2 queued at the ingress's handle): the calls on the dead replica are sent once
+    more, to the replica Serve starts in its place; every request gets its protected photo."""
+    grid = Image.new("RGB", (face.width * 2, face.height * 2))  # 4 faces: a batch of 2 takes seconds
+    for i in range(4):
+        grid.paste(face, ((i % 2) * face.width, (i // 2) * face.height))
+    data = encode(grid, "JPEG")
+    t0 = time.perf_counter()
+    assert post(url, data).status_code == 200
+    single = time.perf_counter() - t0
+    before = requests.get(url + "/healthz", timeout=30).json()
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(post, url, data) for _ in range(4)]
+        time.sleep(0.5 + 0.5 * single)  # the first batch (2 photos, about 2 x single) is running
+        assert not all(f.done() for f in futures)
+        os.kill(before["pid"], signal.SIGKILL)
+        responses = [f.result() for f in futures]
+
+    assert [r.status_code for r in responses] == [200] * 4, [r.text[:300] for r in responses]
+    assert all(faces_header(r)["status"] == "protected" for r in responses)
+    assert sum(r.headers["X-Retried"] == "1" for r in responses) >= 1
+    after = requests.get(url + "/healthz", timeout=30).json()
+    assert after["pid"] != before["pid"]  # Serve's replacement replica
+    retried = after["ingress"]["retried"] - before["ingress"]["retried"]
+    assert retried >= 1 and after["ingress"]["retried_ok"] - before["ingress"]["retried_ok"] == retried
+    assert after["ingress"]["last_cause"] in ("ActorDiedError", "ActorUnavailableError", "RayActorError")
 
 
 # ------------------------------------------------------------------------------- config, registry
@@ -349,7 +410,8 @@ def test_browser_upload_shows_protected_photo_and_predictions(url, tmp_path):
         text = driver.find_element(By.ID, "predictions").text
         assert "target_tiny before" in text and "never attacked" in text
         shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-        target = (PROJECT_ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path) / "serving-page.png"
+        folder = PROJECT_ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
+        target = folder / "serving-page.png"
         target.parent.mkdir(exist_ok=True)
         shot.quantize(128).save(target, optimize=True)
     finally:
