@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     ingest.add_argument("--replace", action="store_true", help="remove the current data/utkface first")
 
     protect = sub.add_parser("protect", help="protect the faces in photos")
-    protect.add_argument("inputs", nargs="+", help="image files or folders")
+    protect.add_argument("inputs", nargs="+", help="image files or folders (still photos: an animated GIF, APNG or "
+                         "WebP, or a multi-page TIFF, is reported as an error naming why, and not written)")
     protect.add_argument("--out", required=True, help="output folder (file names and formats are kept)")
     protect.add_argument("--model", default="artifacts/export/protector", help="protector export (stem or .json)")
     protect.add_argument("--aligned", action="store_true", help="each image is one aligned face crop")

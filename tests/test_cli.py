@@ -66,3 +66,25 @@ def test_aligned_chip_and_installed_entry_point(tmp_path, tiny_protector, chip_f
     row = json.loads((tmp_path / "r.json").read_text())[0]
     assert row["status"] == "protected" and len(row["faces"]) == 1
     assert Image.open(tmp_path / chip.name).size == (200, 200)
+
+
+def test_animated_gif_is_refused_with_the_reason(tmp_path, tiny_protector, capsys):
+    """An animated GIF is not protected as its first frame alone: an error row naming why, no output
+    file, a non-zero exit; the still photo beside it is protected as usual."""
+    face = Image.open(PHOTOS / "obama.jpg").convert("RGB")
+    face = face.resize((200, round(200 * face.height / face.width)))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    frames = [face.point(lambda v, k=k: v * (10 - k) // 10) for k in range(3)]
+    frames[0].save(inputs / "clip.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    face.save(inputs / "still.jpg")
+
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    code = main(["protect", str(inputs), "--out", str(out), "--model", str(tiny_protector), "--report", str(report)])
+    rows = {r["file"].split("/")[-1]: r for r in json.loads(report.read_text())}
+    assert code == 1
+    assert rows["clip.gif"]["status"] == "error" and rows["clip.gif"]["output"] is None
+    assert rows["clip.gif"]["reason"].startswith("animated GIF (3 frames): only still photos are protected")
+    assert not (out / "clip.gif").exists()
+    assert rows["still.jpg"]["status"] == "protected" and (out / "still.jpg").exists()
+    assert "animated GIF (3 frames)" in capsys.readouterr().out
