@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,24 @@ from tqdm import tqdm
 from invisible_face import distributed
 from invisible_face.data import FaceAttributes
 from invisible_face.models import AttributeClassifier, build_classifier
+
+MODELS_DIR = Path("artifacts/classifiers/models")  # the classifiers stage's models out (dvc.yaml)
+
+
+def classifier_path(name: str, models: str | Path = MODELS_DIR) -> Path:
+    """Where the classifiers stage saves the model called ``name`` (a params ``classifiers``
+    surrogate or zoo name): ``<models>/<name>.pt``, its metadata beside it as ``<name>.json``."""
+    return Path(models) / f"{name}.pt"
+
+
+def surrogate_path(params: dict[str, Any], models: str | Path = MODELS_DIR) -> Path:
+    """The surrogate's saved model: ``classifier_path`` of params ``classifiers.surrogate.name``."""
+    return classifier_path(params["classifiers"]["surrogate"]["name"], models)
+
+
+def models_dir(artifacts: str | Path = "artifacts") -> Path:
+    """The classifiers stage's models folder under an artifacts root."""
+    return Path(artifacts) / "classifiers" / "models"
 
 
 def attribute_sizes(params: dict[str, Any]) -> dict[str, int]:
@@ -45,11 +62,9 @@ def augmenter(flip: bool, crop_scale: list[float] | None, size: int) -> torch.nn
 
 
 @torch.no_grad()
-def _validate(model: torch.nn.Module, data: FaceAttributes, device: torch.device,
-              batch_size: int) -> dict[str, float]:
+def _validate(model: torch.nn.Module, data: FaceAttributes, device: torch.device, batch_size: int,
+              rank: int, world: int) -> dict[str, float]:
     """Exact global validation loss and accuracy: each worker scores its own strided shard."""
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     shard = Subset(data, range(rank, len(data), world))
     names = list(data.attributes)
     totals = torch.zeros(len(names) + 2, device=device)  # correct per attribute, loss sum, count
@@ -77,12 +92,9 @@ def train_loop(config: dict[str, Any]) -> None:
     ``config``: arch, attributes {name: n}, input_size, image_size, manifest, image_dir (absolute),
     train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, crop_scale,
     channels_last, seed, optional limit (rows per dataset, a seeded sample), and for the
-    fault-tolerance test only: fail_at_epoch + fail_marker (the worker of rank 1 dies once there).
+    fault-tolerance test only: fail_at_epoch + fail_marker (see ``distributed.maybe_inject_failure``).
     """
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(config["seed"])
+    rank, world, device = distributed.worker_context(config)
 
     def dataset(splits: list[str]) -> FaceAttributes:
         return FaceAttributes(config["manifest"], config["image_dir"], splits,
@@ -90,9 +102,8 @@ def train_loop(config: dict[str, Any]) -> None:
                               limit=config.get("limit"), seed=config["seed"])
 
     train_data, val_data = dataset(config["train_splits"]), dataset(config["val_splits"])
-    per_worker = max(1, config["batch_size"] // world)
-    loader = ray.train.torch.prepare_data_loader(
-        DataLoader(train_data, batch_size=per_worker, shuffle=True, drop_last=len(train_data) > per_worker * world))
+    loader = distributed.shard_loader(train_data, config["batch_size"], world)
+    val_batch = 2 * distributed.per_worker_batch(config["batch_size"], world)
 
     model = build_classifier(config["arch"], config["attributes"], config["input_size"],
                              config.get("dropout", 0.0))
@@ -103,27 +114,15 @@ def train_loop(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config["lr"], total_steps=epochs * len(loader), pct_start=0.15)
     augment = augmenter(config.get("flip", True), config.get("crop_scale"), config["image_size"])
-    history: list[dict[str, Any]] = []
-    start = 1
 
-    state = distributed.restore()
-    if state is not None:  # a restarted worker group: continue after the last checkpointed epoch
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, start = state["history"], state["epoch"] + 1
-    model = ray.train.torch.prepare_model(model)
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    history, start = distributed.resume(stateful)  # a restarted worker group continues after the last epoch
+    model = ray.train.torch.prepare_model(model)  # DDP wraps the same module: ``stateful`` stays valid
     resumed_at = start
 
     for epoch in range(start, epochs + 1):
-        if config.get("fail_at_epoch") == epoch and rank == world - 1 and world > 1:
-            marker = Path(config["fail_marker"])
-            if not marker.exists():
-                ray.train.get_all_reported_checkpoints(timeout_s=60)  # last epoch's checkpoint is in
-                marker.write_text(f"worker {rank} died at epoch {epoch}\n")
-                os._exit(1)
-        if world > 1:
-            loader.sampler.set_epoch(epoch)
+        distributed.maybe_inject_failure(config, epoch, rank, world)
+        distributed.set_epoch(loader, epoch)
         t0, loss_sum, steps = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"{config['arch']} epoch {epoch}/{epochs}", disable=rank != 0,
                    mininterval=10, leave=False)
@@ -138,13 +137,10 @@ def train_loop(config: dict[str, Any]) -> None:
             loss_sum, steps = loss_sum + loss.item(), steps + 1
         train_loss = float(distributed.all_reduce_sum(torch.tensor([loss_sum / max(steps, 1)], device=device))) / world
         metrics = {"epoch": epoch, "resumed_at": resumed_at, "train_loss": train_loss,
-                   **_validate(model, val_data, device, per_worker * 2),
+                   **_validate(model, val_data, device, val_batch, rank, world),
                    "epoch_time_s": time.time() - t0}
         history.append(metrics)
-        inner = model.module if hasattr(model, "module") else model
-        distributed.report(metrics, {"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "epoch": epoch,
-                                     "history": history, "config": config})
+        distributed.report_epoch(metrics, stateful, epoch=epoch, history=history, config=config)
 
 
 def train_classifier(config: dict[str, Any], *, name: str, storage_path: str | Path,
@@ -154,10 +150,7 @@ def train_classifier(config: dict[str, Any], *, name: str, storage_path: str | P
     ``scaling``: num_workers, use_gpu, cpus_per_worker, max_failures, keep_checkpoints, num_cpus
     (keys of ``distributed.fit``).
     """
-    result = distributed.fit(train_loop, config, name=name, storage_path=storage_path, **scaling)
-    if result.error is not None:
-        raise RuntimeError(f"training {name} failed") from result.error
-    state = distributed.load_state(result.checkpoint)
+    state = distributed.fit_state(train_loop, config, name=name, storage_path=storage_path, **scaling)
     model = build_classifier(config["arch"], config["attributes"], config["input_size"],
                              config.get("dropout", 0.0))
     model.load_state_dict(state["model"])

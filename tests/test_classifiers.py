@@ -11,7 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from invisible_face.classifiers import evaluate, train_classifier
+from invisible_face import distributed
+from invisible_face.classifiers import (
+    MODELS_DIR,
+    classifier_path,
+    evaluate,
+    models_dir,
+    surrogate_path,
+    train_classifier,
+)
 from invisible_face.data import FaceAttributes
 from invisible_face.models import ARCHS, build_classifier, load_classifier, save_classifier
 
@@ -104,3 +112,33 @@ def test_dead_worker_resumes_from_last_checkpoint(ray_cluster, tiny_data, tmp_pa
     assert marker.exists()
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert [row["resumed_at"] for row in history] == [1, 2, 2]
+
+
+def test_classifier_paths() -> None:
+    params = {"classifiers": {"surrogate": {"name": "surrogate_resnet18"}}}
+    assert classifier_path("target_vgg") == Path("artifacts/classifiers/models/target_vgg.pt")
+    assert surrogate_path(params) == MODELS_DIR / "surrogate_resnet18.pt"
+    assert surrogate_path(params, "x/models") == Path("x/models/surrogate_resnet18.pt")
+    assert models_dir("/tmp/art") == Path("/tmp/art/classifiers/models")
+
+
+def test_worker_helpers_outside_ray() -> None:
+    """The pieces of the worker skeleton that need no Ray worker."""
+    model = torch.nn.Linear(2, 2)
+    wrapper = torch.nn.Module()
+    wrapper.module = model
+    assert distributed.unwrap(wrapper) is model and distributed.unwrap(model) is model
+    assert distributed.per_worker_batch(8, 3) == 2 and distributed.per_worker_batch(1, 4) == 1
+    distributed.maybe_inject_failure({"seed": 0}, 1, 0, 2)  # no fail_at_epoch: nothing happens
+    distributed.maybe_inject_failure({"fail_at_epoch": 1, "fail_marker": "unused"}, 1, 0, 2)  # not the last rank
+
+    class Sampler:
+        epoch = None
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+    loader = torch.utils.data.DataLoader(range(4), sampler=Sampler())
+    distributed.set_epoch(loader, 3)
+    assert loader.sampler.epoch == 3
+    distributed.set_epoch(torch.utils.data.DataLoader(range(4), shuffle=True), 3)  # no distributed sampler
