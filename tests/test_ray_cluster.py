@@ -3,8 +3,8 @@
 Two ``ray start`` nodes (1 CPU each) on loopback stand in for a multi-node cluster. The driver is
 the stage's own script on the quick profile, in a subprocess with only RAY_ADDRESS set, as on a
 cluster; each model's two 1-CPU DDP workers can only fit one per node. The nodes get their own
-temp dirs and ports and are stopped by killing the processes this test started (never ``ray stop``, which would also end any
-other Ray instance on the machine, e.g. a running ``dvc repro``).
+temp dirs and ports and are stopped by killing the processes this test started (never ``ray stop``,
+which would also end any other Ray instance on the machine, e.g. a running ``dvc repro``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from invisible_face.classifiers import classifier_path
 from invisible_face.models import load_classifier
 from invisible_face.params import PROJECT_ROOT, deep_merge, load_params
 
@@ -168,4 +169,4 @@ def test_classifiers_stage_spans_both_nodes(two_nodes: str, tmp_path: Path) -> N
     assert sorted(metrics) == sorted(models)
     for name in models:
         assert 0.0 <= metrics[name]["test_acc_mean"] <= 1.0
-        assert load_classifier(work / "out/models" / f"{name}.pt").arch == metrics[name]["arch"]
+        assert load_classifier(classifier_path(name, work / "out/models")).arch == metrics[name]["arch"]

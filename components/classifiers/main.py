@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from invisible_face.classifiers import attribute_sizes, evaluate, train_classifier
+from invisible_face.classifiers import attribute_sizes, classifier_path, evaluate, train_classifier
 from invisible_face.data import FaceAttributes
 from invisible_face.models import save_classifier
 from invisible_face.params import load_params
@@ -102,7 +102,7 @@ def main() -> int:
             result["test_acc_mean"] = float(np.mean(list(accuracy.values())))
             result["train_time_s"] = round(train_s, 1)
             mlflow.log_metrics(result)
-            path = save_classifier(model, out / "models" / f"{name}.pt",
+            path = save_classifier(model, classifier_path(name, out / "models"),
                                    extra={"name": name, "role": spec["role"], "train_splits": spec["splits"],
                                           "test_accuracy": accuracy, **tags})
             mlflow.log_artifact(str(path), "model")

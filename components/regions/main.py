@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from invisible_face.classifiers import MODELS_DIR, surrogate_path
 from invisible_face.data import load_image, sample_rows
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--manifest", default="artifacts/validate/manifest.csv")
     parser.add_argument("--landmarks", default="artifacts/landmarks/landmarks.npz")
-    parser.add_argument("--classifiers", default="artifacts/classifiers/models")
+    parser.add_argument("--classifiers", default=str(MODELS_DIR))
     parser.add_argument("--out", default="artifacts/regions")
     args = parser.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> None:
              for f in sample_rows(manifest, [split], rcfg["limits"].get(split), cfg["seed"])["file"].tolist()]
     marks = np.load(args.landmarks)
     index = {f: i for i, f in enumerate(marks["files"].tolist())}
-    model = load_classifier(Path(args.classifiers) / f"{cfg['classifiers']['surrogate']['name']}.pt")
+    model = load_classifier(surrogate_path(cfg, args.classifiers))
     image_dir = Path(cfg["data"]["image_dir"])
     rng = np.random.default_rng(cfg["seed"])
 
