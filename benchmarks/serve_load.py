@@ -7,9 +7,11 @@
 N client threads POST the photos of ../shared/photos (round robin, downscaled to --max-side) to
 /protect until --requests are done or --duration seconds pass. Each phase deploys the app from
 serving/config.yaml; the batching gain compares the config's max_batch_size with max_batch_size 1
-in the same run. --kill-replica ray.kill()s the ProtectorModel replica during the load and reports
-when Serve replaced it and how the requests in flight ended (an error status, never a hang).
-Results are printed, not asserted.
+in the same run. --kill-replica SIGKILLs the worker process of a ProtectorModel replica (its pid from
+/healthz before the load; what an out-of-memory kill does) a few seconds into the load and reports
+when Serve replaced it, how the requests in flight at the kill ended (the ingress retries a call
+whose replica died once, so none should fail), and how many requests were retried (``X-Retried: 1``,
+and the ingress's counts in /healthz). Results are printed, not asserted.
 """
 
 import argparse
@@ -17,6 +19,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -90,35 +93,39 @@ def run_load(url: str, photos: list[tuple[str, bytes]], clients: int, count: int
                 name, data = photos[issued[0] % len(photos)]
                 issued[0] += 1
             t0 = time.perf_counter()
+            retried = False
             try:
                 r = session.post(url + "/protect", files={"file": (name, data)}, timeout=timeout)
                 status, batch = r.status_code, int(r.headers.get("X-Batch-Size", 0))
+                retried = r.headers.get("X-Retried") == "1"
             except requests.Timeout:
                 status, batch = "hung", 0
             except requests.RequestException as err:
                 status, batch = type(err).__name__, 0
             with lock:
-                results.append((status, time.perf_counter() - t0, batch))
+                results.append((status, time.perf_counter() - t0, batch, t0, retried))
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     wall = time.perf_counter() - t0
-    ok = np.array([s for st, s, _ in results if st == 200])
+    ok = np.array([s for st, s, *_ in results if st == 200])
     return {"requests": len(results), "ok": len(ok), "wall_s": wall,
             "throughput_rps": len(ok) / wall,
             "p50_ms": float(np.percentile(ok, 50) * 1000) if len(ok) else None,
             "p95_ms": float(np.percentile(ok, 95) * 1000) if len(ok) else None,
             "p99_ms": float(np.percentile(ok, 99) * 1000) if len(ok) else None,
-            "errors": dict(Counter(str(st) for st, _, _ in results if st != 200)),
-            "batch_sizes": dict(sorted(Counter(b for st, _, b in results if st == 200).items()))}
+            "errors": dict(Counter(str(st) for st, *_ in results if st != 200)),
+            "batch_sizes": dict(sorted(Counter(b for st, _, b, *_ in results if st == 200).items())),
+            "retried": sum(r for *_, r in results),
+            "rows": [{"status": st, "start": t, "end": t + s, "retried": r} for st, s, _, t, r in results]}
 
 
 def show(label: str, r: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     print(f"{label:<22} {r['ok']:>4}/{r['requests']:<4} ok  {r['throughput_rps']:6.2f} photos/s  "
           f"p50 {fmt(r['p50_ms'])} ms  p95 {fmt(r['p95_ms'])} ms  p99 {fmt(r['p99_ms'])} ms  "
-          f"errors {r['errors'] or 0}  batch sizes {r['batch_sizes']}")
+          f"errors {r['errors'] or 0}  batch sizes {r['batch_sizes']}  retried {r['retried']}")
 
 
 def main() -> None:
@@ -169,12 +176,13 @@ def main() -> None:
                     base = result
                 continue
             before = model_replicas()
+            health_before = requests.get(url + "/healthz", timeout=30).json()  # idle: answered at once
             killed = {}
 
             def killer() -> None:
                 time.sleep(3)
-                victim = before[0]
-                ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+                victim = next((n for n in before if n.endswith(health_before["replica"])), before[0])
+                os.kill(health_before["pid"], signal.SIGKILL)  # the replica's worker process, as an OOM kill
                 killed.update(name=victim, at=time.perf_counter())
                 while time.perf_counter() - killed["at"] < 120:
                     fresh = [n for n in model_replicas() if n not in before]
@@ -191,11 +199,20 @@ def main() -> None:
             print(f"killed {killed.get('name')}; " + (
                 f"Serve started {killed['replacement']} {killed['after_s']:.1f} s later" if "replacement" in killed
                 else "no replacement seen within 120 s"))
+            at = killed.get("at", float("inf"))
+            in_flight = [r for r in result["rows"] if r["start"] < at < r["end"]]
+            failed = Counter(str(r["status"]) for r in in_flight if r["status"] != 200)
             hung = result["errors"].get("hung", 0)
+            print(f"requests in flight at the kill: {len(in_flight)}; failed: {sum(failed.values())}"
+                  + (f" {dict(failed)}" if failed else "")
+                  + f"; retried (X-Retried: 1): {sum(r['retried'] for r in in_flight)} of them, "
+                  f"{result['retried']} in the phase")
             print(f"requests that hung (no answer within {args.timeout:.0f} s): {hung}; "
-                  f"error statuses of the requests in flight: {result['errors'] or 'none'}")
+                  f"error statuses in the whole phase: {result['errors'] or 'none'}")
             health = requests.get(url + "/healthz", timeout=30)
-            print(f"/healthz after the kill: {health.status_code} {json.loads(health.text).get('replica')}")
+            body = json.loads(health.text)
+            print(f"/healthz after the kill: {health.status_code} replica {body.get('replica')} "
+                  f"(pid {body.get('pid')}), ingress retries {body.get('ingress')}")
         if not args.kill_replica:
             gain = result["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else float("nan")
             print(f"batching gain (max_batch_size {batched} vs 1): {gain:.2f}x throughput")
