@@ -2,7 +2,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invisible_face.directions import directional_perturbation, pack_signs, unpack_signs
+from invisible_face.directions import pack_signs, set_direction, unpack_signs
+from invisible_face.refine import plausible_classes, set_margin_loss
 
 
 class ToyModel(nn.Module):
@@ -18,28 +19,35 @@ class ToyModel(nn.Module):
         return {"a": self.a(x.flatten(1)), "b": self.b(x.flatten(1))}
 
 
-def total_loss(model, x, labels):
-    out = model(x)
-    return sum(F.cross_entropy(out[k], labels[k]) for k in labels)
-
-
-def test_direction_is_a_sign_map_that_raises_the_attribute_losses():
-    model = ToyModel()
+def test_direction_is_a_sign_map_whose_step_lowers_the_set_margins_away_from_the_clean_call():
+    model = ToyModel().train()
     x = torch.rand(4, 3, 8, 8) * 0.5 + 0.25
-    labels = {"a": torch.tensor([0, 1, 0, 1]), "b": torch.tensor([0, 1, 2, 0])}
-    eps_d = directional_perturbation(model, x, labels, n_neighbours=10, neighbourhood_radius=0.05,
-                                     generator=torch.Generator().manual_seed(0))
-    assert eps_d.shape == x.shape and set(eps_d.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    direction, classes = set_direction(model, x, cover=0.9, cap=5.0)
+    assert direction.shape == x.shape and set(direction.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert model.training  # the model's mode is given back
+    with torch.no_grad():
+        logits = model(x)
+    for k, v in logits.items():  # without classes: the plausible classes of the clean call
+        assert torch.equal(classes[k], plausible_classes(v, 0.9))
     step = 4 / 255
-    assert total_loss(model, x + step * eps_d, labels) > total_loss(model, x, labels)
-    assert total_loss(model, x + step * eps_d, labels) > total_loss(model, x - step * eps_d, labels)
+    with torch.no_grad():
+        clean = set_margin_loss(model(x), classes, 5.0)
+        forward, backward = set_margin_loss(model(x + step * direction), classes, 5.0), \
+            set_margin_loss(model(x - step * direction), classes, 5.0)
+    assert (forward < clean).all() and (forward < backward).all()  # every face, not just on average
 
 
-def test_direction_is_deterministic_under_a_seeded_generator():
-    model, x = ToyModel(), torch.rand(2, 3, 8, 8)
-    labels = {"a": torch.tensor([0, 1]), "b": torch.tensor([2, 0])}
-    run = lambda s: directional_perturbation(model, x, labels, 5, 0.1, torch.Generator().manual_seed(s))
-    assert torch.equal(run(1), run(1))
+def test_given_classes_are_the_sets_it_steers_away_from():
+    model, x = ToyModel(), torch.rand(3, 3, 8, 8)
+    given = {"a": F.one_hot(torch.tensor([0, 1, 1]), 2).bool(), "b": F.one_hot(torch.tensor([2, 0, 1]), 3).bool()}
+    direction, classes = set_direction(model, x, cover=0.9, cap=5.0, classes=given)
+    assert classes is given
+    flipped = {"a": ~given["a"], "b": given["b"]}  # the other gender: DP for "a" must turn around
+    other, _ = set_direction(model, x, cover=0.9, cap=5.0, classes=flipped)
+    assert not torch.equal(direction, other)
+    step = 4 / 255
+    with torch.no_grad():
+        assert (set_margin_loss(model(x + step * direction), given, 5.0) < set_margin_loss(model(x), given, 5.0)).all()
 
 
 def test_pack_round_trip():

@@ -1,75 +1,131 @@
 import copy
+import json
+import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from conftest import write_chip
-from invisible_face.directions import directional_perturbation, pack_signs
-from invisible_face.ldman import Generator
-from invisible_face.ldman_training import protect_chips, train_ldman
+from invisible_face.denoiser import Denoiser
+from invisible_face.directions import pack_signs, set_direction
+from invisible_face.ldman import (
+    Generator,
+    generator_perturbation,
+    generator_protect,
+    psnr_to_rms,
+    resize,
+    sets_vector,
+)
+from invisible_face.ldman_training import chip_masks, train_ldman
 from invisible_face.models import build_classifier, save_classifier
 from invisible_face.protector import Protector, export_protector
-from invisible_face.denoiser import Denoiser
+from invisible_face.refine import attribute_margins, plausible_classes, set_margin_loss
 
 ATTRS = {"gender": 2, "age_bin": 5, "race": 5}
+CHIP, WORK, OUT = 64, 32, 16  # chip px, G's work size (= the surrogate's input size), G's output px
+
+
+def fake_landmarks(rng: np.random.Generator) -> np.ndarray:
+    """68 (x, y) points spread over the central area of a 64 px chip, as a face's would be."""
+    points = np.stack([rng.uniform(18, 46, 68), rng.uniform(22, 54, 68)], 1).astype(np.float32)
+    points[:4] = [[18, 22], [46, 22], [18, 54], [46, 54]]  # the extremes, so every chip has the same box
+    return points
 
 
 @pytest.fixture(scope="module")
 def ldman_env(tmp_path_factory, params):
-    """A tiny but complete set of LD-MAN inputs: chips, manifest, surrogate, RP, regions, directions."""
+    """A tiny but complete set of LD-MAN inputs: chips, manifest, surrogate, RP, landmarks, directions."""
     import pandas as pd
+
+    from invisible_face.data import FaceAttributes
 
     root = tmp_path_factory.mktemp("ldman")
     (root / "img").mkdir()
     rows = []
     for i in range(12):
         name = f"{20 + i}_{i % 2}_{i % 5}_2017011617{i:07d}.jpg.chip.jpg"
-        write_chip(root / "img" / name, seed=i, size=(64, 64))
+        write_chip(root / "img" / name, seed=i, size=(CHIP, CHIP))
         rows.append({"file": name, "age": 20 + i, "gender": i % 2, "race": i % 5, "age_bin": 1,
                      "split": "surrogate_train" if i < 8 else "val"})
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     torch.manual_seed(0)
-    surrogate = build_classifier("resnet18", ATTRS, input_size=32).eval()
+    surrogate = build_classifier("resnet18", ATTRS, input_size=WORK).eval()
     save_classifier(surrogate, root / "surrogate.pt")
     torch.save(Denoiser(8).state_dict(), root / "rp.pt")
-    files = np.array([r["file"] for r in rows])
-    np.savez(root / "regions.npz", files=files, rect=np.tile(np.array([[16, 20, 44, 40]], np.float32), (12, 1)))
-    from invisible_face.data import FaceAttributes
 
-    faces = FaceAttributes(root / "manifest.csv", root / "img", ["surrogate_train"], list(ATTRS), size=64)
-    images = torch.stack([faces[i][0] for i in range(len(faces))])
-    labels = {k: faces.labels[k] for k in ATTRS}
-    eps_d = directional_perturbation(surrogate, images, labels, 3, 0.05)
-    np.savez(root / "directions.npz", files=faces.table["file"].to_numpy().astype(str),
-             bits=np.stack([np.frombuffer(pack_signs(d)[0], np.uint8) for d in eps_d]), shape=np.array([3, 64, 64]))
+    files = np.array([r["file"] for r in rows])
+    rng = np.random.default_rng(0)
+    points = np.stack([fake_landmarks(rng) for _ in files])
+    np.savez(root / "landmarks.npz", files=files, points=points,
+             box=np.tile(np.array([[12, 12, 52, 58]], np.float32), (len(files), 1)),
+             score=np.ones(len(files), np.float32), detected=np.ones(len(files), bool), backend=np.array("dlib"))
+
     cfg = copy.deepcopy(params)
-    lcfg = {**cfg["ldman"], "window": 32, "image_size": 64, "train_images": 8, "val_images": 4, "batch_size": 4,
-            "epochs": 1, "g_width": 8, "g_blocks": 1, "d_width": 8}
+    # as the directions stage does: DP and the plausible sets at G's work size for LD-MAN's training chips
+    faces = FaceAttributes(root / "manifest.csv", root / "img", ["surrogate_train"], list(ATTRS), size=WORK)
+    direction, classes = set_direction(surrogate, faces.images.float() / 255, cfg["directions"]["cover"],
+                                       cfg["ldman"]["kappa"])
+    np.savez(root / "directions.npz", files=faces.table["file"].to_numpy().astype(str),
+             sets=sets_vector(classes).bool().numpy(),
+             bits=np.stack([np.frombuffer(pack_signs(d)[0], np.uint8) for d in direction]),
+             shape=np.array(direction.shape[1:]))
+
+    lcfg = {**cfg["ldman"], "image_size": CHIP, "work_size": WORK, "out_size": OUT, "train_images": 8,
+            "val_images": 4, "batch_size": 4, "epochs": 1, "g_width": 8, "g_blocks": 1, "d_width": 8}
+    cfg["ldman"] = lcfg
+    cfg["validate"]["expected_size"] = [CHIP, CHIP]
     config = {**lcfg, "seed": 0, "attributes": ATTRS, "manifest": str(root / "manifest.csv"),
               "image_dir": str(root / "img"), "surrogate": str(root / "surrogate.pt"), "rp": str(root / "rp.pt"),
-              "rp_width": 8, "regions": str(root / "regions.npz"), "directions": str(root / "directions.npz"),
-              "n_neighbours": 3, "neighbourhood_radius": 0.05}
-    cfg["ldman"] = lcfg
-    return {"root": root, "config": config, "cfg": cfg, "surrogate": surrogate, "images": images}
+              "rp_width": 8, "landmarks": str(root / "landmarks.npz"), "directions": str(root / "directions.npz"),
+              "chip_size": CHIP, "cover": cfg["directions"]["cover"],
+              "stop_margin": cfg["protector"]["refine"]["stop_margin"], "mask": cfg["protector"]["mask"]}
+    chips = FaceAttributes(root / "manifest.csv", root / "img", ["surrogate_train", "val"], list(ATTRS), size=CHIP)
+    masks = chip_masks(chips.table["file"].tolist(), dict(np.load(root / "landmarks.npz")), CHIP, CHIP,
+                       cfg["protector"]["mask"])
+    return {"root": root, "config": config, "cfg": cfg, "surrogate": surrogate,
+            "images": chips.images.float() / 255, "masks": masks}
 
 
-def test_budget_and_region_are_never_exceeded(ldman_env):
+def small_generator(cfg: dict, seed: int = 1, **kw) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(cfg["ldman"]["epsilon"], sum(ATTRS.values()), width=8, blocks=1, work_size=WORK,
+                     out_size=OUT, **kw).eval()
+
+
+def as_chip(image: torch.Tensor) -> np.ndarray:
+    return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- budget
+
+
+def test_budget_mask_and_psnr_cap_hold_for_a_wild_generator(ldman_env):
     cfg = ldman_env["config"]
-    images = ldman_env["images"][:4]
-    rects = torch.tensor([[10.0, 12.0, 30.0, 50.0]] * 4)
-    g = Generator(cfg["epsilon"], width=8, blocks=1)
+    images, masks = ldman_env["images"][:4].clone(), ldman_env["masks"][:4]
+    images[0, :, 20:40, 20:40] = 1.0  # saturated pixels: the valid range must clip the perturbation
+    g = small_generator(ldman_env["cfg"])
     with torch.no_grad():
         for p in g.parameters():
-            p.mul_(50)  # a wild generator must still be clipped
-        x_adv, eps_l, _ = protect_chips(g, images, rects, torch.sign(torch.randn_like(images)), cfg)
-    delta = x_adv - images
+            p.mul_(50)  # a wild generator must still be bounded
+    rms = psnr_to_rms(cfg["min_psnr"] + 6)  # a floor above what the face mask alone keeps, so the cap binds
+    delta, classes = generator_protect(g, ldman_env["surrogate"], images, masks, cfg["cover"], cfg["kappa"], rms)
+    assert set(classes) == set(ATTRS) and delta.shape == images.shape
     assert delta.abs().max() <= cfg["epsilon"] + 1e-6
-    assert delta.abs().max() > cfg["epsilon"] / 2
-    outside = torch.ones(64, 64, dtype=torch.bool)
-    outside[12:50, 10:30] = False
-    assert delta[:, :, outside].abs().max() == 0
+    assert delta.abs().max() > cfg["epsilon"] / 2  # it does use the budget
+    assert (delta.abs() <= cfg["epsilon"] * masks + 1e-6).all()  # |delta| <= epsilon x the feathered mask
+    assert (masks == 0).any() and delta.expand_as(images)[(masks == 0).expand_as(images)].abs().max() == 0
+    per_image = delta.pow(2).flatten(1).mean(1).sqrt()
+    assert (per_image <= rms + 1e-6).all()
+    assert (per_image[1:] > 0.9 * rms).all()  # the cap binds for a saturated G
+    x_adv = images + delta
     assert ((x_adv >= 0) & (x_adv <= 1)).all()
+    assert (delta[0, :, 20:40, 20:40] <= 0).all()  # nothing pushed past white
+
+
+# ------------------------------------------------------------------------------------------- training
 
 
 def test_two_step_fit_with_two_ray_workers(ldman_env, ray_cluster, tmp_path):
@@ -77,109 +133,246 @@ def test_two_step_fit_with_two_ray_workers(ldman_env, ray_cluster, tmp_path):
     generator, history = train_ldman(config, name="tiny-ldman", storage_path=tmp_path,
                                      scaling={"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1,
                                               "max_failures": 0, "keep_checkpoints": 1})
-    assert len(history) == 1 and len(history[0]["steps"]) == 2
+    assert len(history) == 1 and len(history[0]["step_losses"]) == 2
     for key in ("adv", "per", "nat", "sem", "adv_rp", "gan", "d", "total"):
-        assert np.isfinite([s[key] for s in history[0]["steps"]]).all(), key
-    assert 0 <= history[0]["val_mosr"] <= 1 and 0 < history[0]["val_ssim"] <= 1
+        assert np.isfinite([s[key] for s in history[0]["step_losses"]]).all(), key
+    last = history[0]
+    for key in ("val_protected_share", "val_mosr", "val_ssim", "val_hpn", "val_hpn_protected"):
+        assert 0 <= last[key] <= 1, key
+    assert last["val_ssim"] > 0 and last["val_psnr"] >= config["min_psnr"] - 0.5  # the RMS cap, 8-bit rounded
     assert isinstance(generator, Generator) and not generator.training
+    assert generator.config()["work_size"] == WORK and generator.use_sets and generator.use_direction
 
 
-def test_export_round_trip_gives_identical_output(ldman_env, tmp_path):
+# ----------------------------------------------------------------------------------------- conditioning
+
+
+class Brightness(nn.Module):
+    """A toy surrogate: attribute "a" is called 1 for images brighter than 0.5 and 0 for darker ones
+    (logit difference 100 x (mean - 0.5)); "b" is always called class 2, a distractor G must ignore."""
+
+    def forward(self, x):
+        z = 50 * (x.mean((1, 2, 3)) - 0.5)
+        return {"a": torch.stack([-z, z], 1), "b": torch.tensor([0.0, 0.0, 5.0]).expand(len(x), 3)}
+
+
+def toy_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images of mean exactly 0.5 (their own brightness says nothing), with random sets to leave."""
+    noise = torch.rand(n, 3, 16, 16, generator=gen) * 0.3 - 0.15
+    x = 0.5 + noise - noise.mean((1, 2, 3), keepdim=True)
+    a, b = torch.randint(0, 2, (n,), generator=gen), torch.randint(0, 2, (n,), generator=gen)
+    return x, {"a": F.one_hot(a, 2).bool(), "b": F.one_hot(b, 3).bool()}
+
+
+def protected_share_after_training(use_sets: bool, steps: int = 150) -> float:
+    """Train a tiny G (no DP input: only the set can say which way to go) on the capped set margin."""
+    torch.manual_seed(0)
+    g = Generator(8 / 255, 5, width=8, blocks=1, work_size=16, out_size=8, use_sets=use_sets, use_direction=False)
+    opt = torch.optim.Adam(g.parameters(), lr=3e-3)
+    model, ones, gen = Brightness(), torch.ones(1, 1, 16, 16), torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x, sets = toy_batch(16, gen)
+        delta = generator_perturbation(g, x, ones, sets_vector(sets), None, math.inf)
+        loss = set_margin_loss(model(x + delta), sets, 2.0).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    g.eval()
+    x, sets = toy_batch(400, torch.Generator().manual_seed(1))  # held-out images and sets
+    with torch.no_grad():
+        delta = generator_perturbation(g, x, ones, sets_vector(sets), None, math.inf)
+        margins = attribute_margins(model(x + delta), sets)
+    return (margins < -0.5).all(1).float().mean().item()
+
+
+def test_a_generator_conditioned_on_the_set_pushes_the_call_out_of_it():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast and immune to oversubscription
+    try:
+        conditioned = protected_share_after_training(use_sets=True)
+        blind = protected_share_after_training(use_sets=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert conditioned >= 0.95
+    # without the set, which way to push is a coin toss: at best about half the faces
+    assert blind <= 0.65
+
+
+# ------------------------------------------------------------------------------------- G-first protector
+
+
+class FlippedByBrightening(nn.Module):
+    """Calls class 0 of every attribute on a flat grey chip by a wide margin (its plausible sets are
+    {0}); any brightening of about 1/1000 on average moves every call to class 1 by many logits."""
+
+    def __init__(self, grey: float) -> None:
+        super().__init__()
+        self.grey = grey
+
+    def forward(self, x):
+        z = 5000 * (x.mean((1, 2, 3)) - self.grey) - 5
+        return {k: torch.stack([-z, z, *[torch.full_like(z, -50.0)] * (n - 2)], 1) for k, n in ATTRS.items()}
+
+
+def constant_generator(cfg: dict, value: float) -> Generator:
+    """A G whose unit perturbation is tanh(value) everywhere."""
+    g = small_generator(cfg)
+    with torch.no_grad():
+        g.decode[-1].weight.zero_()
+        g.decode[-1].bias.fill_(value)
+    return g
+
+
+@pytest.fixture()
+def spy_refinement(monkeypatch):
+    import invisible_face.protector as protector_module
+
+    calls = []
+    real = protector_module.refine_perturbation
+
+    def spy(*args, **kw):
+        calls.append(args)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(protector_module, "refine_perturbation", spy)
+    return calls
+
+
+def test_a_face_the_generator_protects_gets_no_refinement_step(ldman_env, tmp_path, spy_refinement):
     cfg = ldman_env["cfg"]
-    torch.manual_seed(1)
-    g = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
+    config = Protector.load(export_protector(tmp_path / "p", small_generator(cfg), ldman_env["surrogate"], cfg)).config
+    chip = np.full((CHIP, CHIP, 3), 128, np.uint8)
+    toy = FlippedByBrightening(128 / 255)
+
+    brightening = Protector(config, constant_generator(cfg, 10.0), toy)
+    out, records = brightening.protect_chip(chip)
+    assert spy_refinement == [] and records[0].path == "generator"
+    assert records[0].predicted_before == {k: 0 for k in ATTRS} and records[0].predicted_after == {k: 1 for k in ATTRS}
+    assert 0 < np.abs(out.astype(int) - chip.astype(int)).max() <= round(255 * config["protect"]["epsilon"]) + 1
+
+    darkening = Protector(config, constant_generator(cfg, -10.0), toy)  # pushes the wrong way: G fails
+    _, records = darkening.protect_chip(chip)
+    assert len(spy_refinement) >= 1 and records[0].path in ("refined", "not_protected")
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def test_export_round_trip_of_the_conditioned_generator_gives_identical_output(ldman_env, tmp_path):
+    cfg = ldman_env["cfg"]
+    g = small_generator(cfg)
+    with torch.no_grad():  # a live condition (FiLM starts at zero): the export must carry it
+        g.film.weight.normal_(0, 0.5)
+        g.film.bias.normal_(0, 0.5)
     stem = export_protector(tmp_path / "protector", g, ldman_env["surrogate"], cfg)
     loaded = Protector.load(stem.with_suffix(".json"))
+    assert loaded.generator.config() == g.config() and loaded.config["format_version"] == 5
     # the loaded surrogate runs channels-last like every trained model (models.classifier_from_state)
     direct = Protector(loaded.config, g, copy.deepcopy(ldman_env["surrogate"]).to(memory_format=torch.channels_last))
-    chip = (ldman_env["images"][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    face = ldman_env["images"][:2]
+    sets = sets_vector({k: F.one_hot(torch.tensor([0, 1]), n).bool() for k, n in ATTRS.items()})
+    direction = torch.sign(torch.randn(2, 3, WORK, WORK, generator=torch.Generator().manual_seed(0)))
+    chip = as_chip(ldman_env["images"][0])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # multi-threaded CPU reductions differ in the last bits from call to call
     try:
+        with torch.no_grad():
+            small = resize(face, WORK)
+            g_out, loaded_out = g(small, sets, direction), loaded.generator(small, sets, direction)
+            other_sets = g(small, sets.flip(0), direction)
         out_loaded, rec_loaded = loaded.protect_chip(chip)
         out_direct, rec_direct = direct.protect_chip(chip)
     finally:
         torch.set_num_threads(threads)
+    assert torch.equal(g_out, loaded_out)
+    assert not torch.equal(g_out, other_sets)  # the sets do condition it
     np.testing.assert_array_equal(out_loaded, out_direct)
-    assert rec_loaded[0].region == rec_direct[0].region
+    assert rec_loaded[0].region == rec_direct[0].region and rec_loaded[0].path == rec_direct[0].path
     assert np.abs(out_loaded.astype(int) - chip.astype(int)).max() <= round(255 * cfg["ldman"]["epsilon"]) + 1
 
 
-def test_protector_changes_only_the_reported_region_within_budget(ldman_env, tmp_path):
-    cfg = copy.deepcopy(ldman_env["cfg"])
-    cfg["protector"]["refine"].update(steps=5, growth=[0.0, 1.0], crop_fallback=False)
-    protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
-                                                ldman_env["surrogate"], cfg))
-    chip = (ldman_env["images"][1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    out, records = protector.protect_chip(chip)
-    diff = np.abs(out.astype(int) - chip.astype(int))
-    assert diff.max() <= round(255 * cfg["ldman"]["epsilon"]) + 1 and diff.max() > 0
-    x0, y0, x1, y1 = (int(round(v)) for v in records[0].region)
-    inside = np.zeros(chip.shape[:2], bool)
-    inside[y0:y1, x0:x1] = True
-    assert not diff[~inside].any()
-
-
-def test_refinement_steers_from_the_given_labels_or_the_plausible_classes(ldman_env, tmp_path, monkeypatch):
-    import invisible_face.protector as protector_module
-    from invisible_face.refine import plausible_classes
-
-    cfg = copy.deepcopy(ldman_env["cfg"])
-    cfg["protector"]["use_dp"] = True  # DP's own labels (the model's calls) must not leak into the refinement
-    protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
-                                                ldman_env["surrogate"], cfg))
-    seen = []
-    real = protector_module.refine_perturbation
-    monkeypatch.setattr(protector_module, "refine_perturbation",
-                        lambda *args, **kw: seen.append(args[4]) or real(*args, **kw))
-    chip = (ldman_env["images"][2].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    labels = {"gender": 1, "age_bin": 4, "race": 3}
-    protector.protect_chip(chip, labels)
-    for k, v in labels.items():
-        assert seen[0][k].tolist() == [[c == v for c in range(ATTRS[k])]]
-    seen.clear()
-    protector.protect_chip(chip)
-    with torch.no_grad():
-        logits = protector.surrogate(torch.from_numpy(chip).permute(2, 0, 1)[None].float() / 255)
-    for k, v in logits.items():
-        assert torch.equal(seen[0][k], plausible_classes(v, cfg["protector"]["refine"]["cover"]))
+def test_an_old_export_gives_a_clear_version_error(ldman_env, tmp_path):
+    cfg = ldman_env["cfg"]
+    stem = export_protector(tmp_path / "p", small_generator(cfg), ldman_env["surrogate"], cfg)
+    config = json.loads(stem.with_suffix(".json").read_text())
+    config["format_version"] = 4
+    stem.with_suffix(".json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"format 4.*reads 5"):
+        Protector.load(stem)
 
 
 def test_export_refuses_pickles(ldman_env, tmp_path):
     cfg = ldman_env["cfg"]
-    stem = export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1), ldman_env["surrogate"], cfg)
+    stem = export_protector(tmp_path / "p", small_generator(cfg), ldman_env["surrogate"], cfg)
     torch.save({"evil": object()}, stem.with_suffix(".safetensors"))  # a pickle where tensors belong
     with pytest.raises(Exception):
         Protector.load(stem)
+
+
+# ----------------------------------------------------------------------------------------------- tune
 
 
 def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, monkeypatch, params):
     import mlflow
 
     from invisible_face.tracking import setup_mlflow, tracking_uri
-    from invisible_face.tuning import tune_weights
+    from invisible_face.tuning import OBJECTIVE, TUNED, tune_weights
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = setup_mlflow("tune", root=tmp_path)
     tcfg = {**params["tune"], "num_samples": 2, "grace_period": 2}  # epochs 1: no early stop
     scaling = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0, "keep_checkpoints": 1}
+    base = ldman_env["config"]
     with mlflow.start_run(run_name="tune") as parent:
         tracking = {"uri": tracking_uri(), "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
-        best, trials = tune_weights(ldman_env["config"], tcfg, scaling, tmp_path / "ray", tracking, seed=0)
-    assert len(trials) == 2 and trials["val_hpn"].notna().all()
-    assert len(best["loss_weights"]) == 5 and tcfg["beta_bounds"][0] <= best["beta"] <= tcfg["beta_bounds"][1]
-    assert best["loss_weights"][0] in set(trials["w_adv"])  # the best is one of the trials
+        best, trials = tune_weights(base, tcfg, scaling, tmp_path / "ray", tracking, seed=0)
+    assert OBJECTIVE == "val_hpn_protected"
+    assert len(trials) == 2 and trials[OBJECTIVE].notna().all() and trials["val_protected_share"].notna().all()
+    weights = best["loss_weights"]
+    assert set(weights) == {"adv", *TUNED} and weights["adv"] == base["loss_weights"]["adv"]
+    for name in TUNED:
+        low, high = tcfg["weight_bounds"][name]
+        assert low <= weights[name] <= high, name
+    assert weights["per"] in set(trials["w_per"])  # the best is one of the trials
     children = mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert len(children) == 2 and children["metrics.val_hpn"].notna().all()
+    assert len(children) == 2 and children[f"metrics.{OBJECTIVE}"].notna().all()
     mlflow.set_tracking_uri(None)
 
 
-def test_protector_without_refinement_regions_still_reports_its_calls(ldman_env, tmp_path):
+# ------------------------------------------------------------------------------------------ the sets
+
+
+def test_the_sets_are_the_given_labels_or_the_plausible_classes_with_the_exports_cover(
+        ldman_env, tmp_path, monkeypatch, spy_refinement):
+    import invisible_face.protector as protector_module
+
     cfg = copy.deepcopy(ldman_env["cfg"])
-    cfg["protector"]["refine"].update(growth=[], crop_fallback=False)  # steps, but no region to take them in
-    protector = Protector.load(export_protector(tmp_path / "p", Generator(cfg["ldman"]["epsilon"], 8, 1),
-                                                ldman_env["surrogate"], cfg))
-    chip = (ldman_env["images"][3].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-    chip.setflags(write=False)  # as np.asarray(PIL image) gives
-    out, records = protector.protect_chip(chip)
-    assert set(records[0].predicted_after) == set(ATTRS) and out.shape == chip.shape
+    cfg["directions"]["cover"] = 0.6  # not the default, so the export's own cover is what is checked
+    cfg["protector"]["refine"].update(stop_margin=100.0, steps=1, crop_fallback=False)  # G never suffices
+    protector = Protector.load(export_protector(tmp_path / "p", small_generator(cfg), ldman_env["surrogate"], cfg))
+    assert protector.config["protect"]["cover"] == 0.6
+    to_g = []
+    real = protector_module.generator_protect
+
+    def spy(*args, **kw):
+        delta, classes = real(*args, **kw)
+        to_g.append(classes)
+        return delta, classes
+
+    monkeypatch.setattr(protector_module, "generator_protect", spy)
+    chip = as_chip(ldman_env["images"][2])
+    labels = {"gender": 1, "age_bin": 4, "race": 3}
+    _, records = protector.protect_chip(chip, labels)
+    assert records[0].path == "not_protected"
+    for k, v in labels.items():
+        one_hot = [[c == v for c in range(ATTRS[k])]]
+        assert to_g[0][k].tolist() == one_hot and spy_refinement[0][4][k].tolist() == one_hot, k
+
+    to_g.clear()
+    spy_refinement.clear()
+    protector.protect_chip(chip)
+    with torch.no_grad():  # the clean call at G's work size, as G and DP see the face
+        logits = protector.surrogate(resize(torch.from_numpy(chip).permute(2, 0, 1)[None].float() / 255, WORK))
+    for k, v in logits.items():
+        expected = plausible_classes(v, 0.6)
+        assert torch.equal(to_g[0][k], expected) and torch.equal(spy_refinement[0][4][k], expected), k
