@@ -46,7 +46,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
+from ray.serve import exceptions as serve_exceptions
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -59,6 +60,8 @@ CONFIG_PATH = SERVING_DIR / "config.yaml"
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp",
                "TIFF": "image/tiff"}
 logger = logging.getLogger("ray.serve")
+# a call's replica died or cannot be reached (ReplicaUnavailableError: Serve's own, where this Ray has it)
+REPLICA_GONE = (RayActorError, *[c for c in [getattr(serve_exceptions, "ReplicaUnavailableError", None)] if c])
 TARGET_UNAVAILABLE = {"available": False,
                       "reason": "this protector export holds no audit model (protector.audit_model)"}
 
@@ -258,7 +261,7 @@ def replica_died(err: BaseException) -> bool:
     while err is not None and seen < 5:
         if isinstance(err, BackPressureError):
             return False
-        if isinstance(err, (RayActorError, ReplicaUnavailableError)):
+        if isinstance(err, REPLICA_GONE):
             return True
         err = getattr(err, "cause", None) or err.__cause__
         seen += 1
