@@ -63,7 +63,8 @@ def main() -> None:
     print(f"fan/dlib time ratio: {results['fan'][0] / results['dlib'][0]:.1f}x")
     start = time.perf_counter()
     faces = dlib_backend.detect(photo)
-    print(f"dlib on a {photo.shape[1]}x{photo.shape[0]} photo: {1000 * (time.perf_counter() - start):.0f} ms, {len(faces)} face(s)")
+    print(f"dlib on a {photo.shape[1]}x{photo.shape[0]} photo: {1000 * (time.perf_counter() - start):.0f} ms, "
+          f"{len(faces)} face(s)")
 
 
 if __name__ == "__main__":

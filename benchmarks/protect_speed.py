@@ -1,11 +1,12 @@
-"""ms per 200x200 face for the protector (landmarks, region, DP, G, paste) next to a PGD-50
-baseline (full image, same surrogate, same faces) in the same run, with both methods' MOSR, SSIM,
+"""ms per 200x200 face for the protector (median and p90 over faces; landmarks, mask, G with its DP,
+the check, the refinement fallback) next to a PGD baseline (PGD-10 by default: full image, same
+surrogate, same faces) in the same run, with both methods' MOSR, SSIM,
 PSNR and MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the
 surrogate; where the protector's time goes; and one surrogate forward + backward pass in the
 channels-last layout the protector loads against the plain NCHW layout.
 
     python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
-                                       [--split test] [--known-labels] [--no-pgd]
+                                       [--split test] [--known-labels] [--no-pgd] [--pgd-steps 10]
                                        [--refine KEY=JSON ...]
 
 Faces are a seeded sample of the split. ``--known-labels`` tells the protector each face's true
@@ -26,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+import invisible_face.protector as protector_module
 from invisible_face.attacks import baseline_attack
 from invisible_face.data import sample_rows
 from invisible_face.evaluation import jpeg, predict
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.params import PROJECT_ROOT, load_params
-import invisible_face.protector as protector_module
-from invisible_face.protector import Protector
+from invisible_face.protector import PATHS, Protector
 
 
 def time_parts(protector: Protector) -> dict[str, float]:
@@ -49,8 +50,8 @@ def time_parts(protector: Protector) -> dict[str, float]:
         return wrapper
 
     protector.landmarks.chip = timed("landmarks", protector.landmarks.chip)
-    for name, fn in (("region search", "select_region"), ("G", "local_perturbation"),
-                     ("refinement", "refine_perturbation")):
+    for name, fn in (("region search", "select_region"), ("mask", "face_mask"), ("G + DP", "generator_protect"),
+                     ("check", "shrink_perturbation"), ("refinement", "refine_perturbation")):
         setattr(protector_module, fn, timed(name, getattr(protector_module, fn)))
     return seconds
 
@@ -73,7 +74,8 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=50)
     parser.add_argument("--split", default="test")
     parser.add_argument("--known-labels", action="store_true", help="tell the protector the true labels")
-    parser.add_argument("--no-pgd", action="store_true", help="skip the PGD-50 baseline")
+    parser.add_argument("--no-pgd", action="store_true", help="skip the PGD baseline")
+    parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--refine", action="append", default=[], metavar="KEY=JSON",
                         help="override one of the export's refine settings")
     args = parser.parse_args()
@@ -95,29 +97,40 @@ def main() -> None:
     protector.protect_chip(chips[0])  # warm-up
     parts = time_parts(protector)
     start = time.perf_counter()
-    protected = [protector.protect_chip(c, {k: int(v[i]) for k, v in labels.items()} if args.known_labels else None)[0]
-                 for i, c in enumerate(chips)]
+    results = [protector.protect_chip(c, {k: int(v[i]) for k, v in labels.items()} if args.known_labels else None)
+               for i, c in enumerate(chips)]
     ours_ms = 1000 * (time.perf_counter() - start) / len(chips)
-    ours = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p in protected])
+    ours = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p, _ in results])
+    records = [r[0] for _, r in results]
+    face_ms = np.array([r.ms for r in records])
 
     def scores(x):
         preds, after_jpeg = predict(protector.surrogate, x), predict(protector.surrogate, jpeg(x, 75))
         p = psnr(clean, x)
-        return mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item(), mosr(after_jpeg, labels)
+        return (mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item(),
+                mosr(after_jpeg, labels))
 
+    pgd_name = f"PGD-{args.pgd_steps} (full)"
     rows = {"Invisible-Face": (ours_ms, *scores(ours))}
     if not args.no_pgd:
         start = time.perf_counter()
-        pgd = torch.cat([baseline_attack("pgd", protector.surrogate, clean[i:i + 1], {k: v[i:i + 1] for k, v in labels.items()},
-                                         protector.config["protect"]["epsilon"], steps=50) for i in range(len(chips))])
+        pgd = torch.cat([baseline_attack("pgd", protector.surrogate, clean[i:i + 1],
+                                         {k: v[i:i + 1] for k, v in labels.items()},
+                                         protector.config["protect"]["epsilon"], steps=args.pgd_steps)
+                         for i in range(len(chips))])
         pgd_ms = 1000 * (time.perf_counter() - start) / len(chips)
-        rows["PGD-50 (full)"] = (pgd_ms, *scores((pgd * 255).round() / 255))  # both saved as 8-bit images
-    print(f"{'method':14s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s}")
+        rows[pgd_name] = (pgd_ms, *scores((pgd * 255).round() / 255))  # both saved as 8-bit images
+    print(f"{'method':16s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s}")
     for name, (ms, m, s_, p_, j) in rows.items():
-        print(f"{name:14s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f}")
+        print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f}")
+    print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")
+    for path in PATHS:
+        taken = face_ms[[r.path == path for r in records]]
+        if len(taken):
+            print(f"  {path}: {len(taken)} faces, median {np.median(taken):.1f} ms")
     if not args.no_pgd:
         print(f"(PGD attacks the true labels; the protector is {'' if args.known_labels else 'not '}told them)")
-        print(f"speed ratio PGD-50 / ours: {rows['PGD-50 (full)'][0] / ours_ms:.1f}x")
+        print(f"speed ratio {pgd_name} / ours: {rows[pgd_name][0] / ours_ms:.1f}x")
     print("where the protector's time goes (ms/face): "
           + ", ".join(f"{k} {1000 * v / len(chips):.1f}" for k, v in parts.items()))
     nchw = copy.deepcopy(protector.surrogate).to(memory_format=torch.contiguous_format)

@@ -63,7 +63,8 @@ def train_and_test(data: dict, recipe: dict, base: dict, device: torch.device) -
     if r.get("opt", "adamw") == "adamw":
         opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, nesterov=True, weight_decay=r["weight_decay"])
+        opt = torch.optim.SGD(model.parameters(), lr=r["lr"], momentum=0.9, nesterov=True,
+                              weight_decay=r["weight_decay"])
     steps = len(train) // r["batch_size"]
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=r["epochs"] * steps, pct_start=0.15)
     size = r["size"]

@@ -4,8 +4,9 @@
 
 The evaluation finds every method's transfer MOSR near zero. This asks whether a stronger
 transfer recipe would change that: on the same faces, with the true labels, full chip, the
-evaluation's MI-FGSM (and TI-FGSM) baselines on the surrogate alone, with input diversity (DI: each step averages 4 randomly resized and padded
-views), with DI and translation invariance (TI), on an ensemble of the surrogate and copies of the
+evaluation's MI-FGSM (and TI-FGSM) baselines on the surrogate alone, with input diversity (DI: each
+step averages 4 randomly resized and padded views), with DI and translation invariance (TI), on an
+ensemble of the surrogate and copies of the
 zoo's architectures trained on the defender's own split (the defender can guess architectures, not
 weights), and white-box on each of those copies and on each zoo model itself. It prints each model's
 error rate per attribute and the share with every attribute wrong (MOSR), clean first.
@@ -79,14 +80,17 @@ def defender_copies(params: dict, folder: Path) -> dict[str, AttributeClassifier
         path = folder / f"defender_{spec['arch']}.pt"
         if not path.exists():
             config = {"arch": spec["arch"], "attributes": attributes, "input_size": cfg["input_size"],
-                      "image_size": cfg["image_size"], "manifest": str(PROJECT_ROOT / "artifacts/validate/manifest.csv"),
+                      "image_size": cfg["image_size"],
+                      "manifest": str(PROJECT_ROOT / "artifacts/validate/manifest.csv"),
                       "image_dir": str(PROJECT_ROOT / params["data"]["image_dir"]), "train_splits": ["surrogate_train"],
-                      "val_splits": ["val"], "epochs": spec["epochs"], "batch_size": spec.get("batch_size", cfg["batch_size"]),
+                      "val_splits": ["val"], "epochs": spec["epochs"],
+                      "batch_size": spec.get("batch_size", cfg["batch_size"]),
                       "lr": spec.get("lr", cfg["lr"]), "weight_decay": cfg["weight_decay"], "dropout": cfg["dropout"],
                       "flip": cfg["flip"], "crop_scale": cfg.get("crop_scale"),
                       "channels_last": spec.get("channels_last", False), "seed": params["seed"]}
             start = time.perf_counter()
-            model, _ = train_classifier(config, name=f"transfer-ceiling-{spec['arch']}-{time.strftime('%Y%m%d-%H%M%S')}",
+            model, _ = train_classifier(config,
+                                        name=f"transfer-ceiling-{spec['arch']}-{time.strftime('%Y%m%d-%H%M%S')}",
                                         storage_path=(PROJECT_ROOT / cfg["storage_path"]).resolve(),
                                         scaling={k: cfg[k] for k in SCALING_KEYS})
             folder.mkdir(parents=True, exist_ok=True)
@@ -129,8 +133,9 @@ def main() -> None:
     }
     scored = {"surrogate": surrogate, **copies, **zoo}
     names = list(labels)
-    print(f"{len(clean)} {args.split} chips, true labels, full chip, L-inf {epsilon * 255:.0f}/255, {args.steps} steps, "
-          f"momentum 1. Error rate per attribute ({' / '.join(names)}) and MOSR (all wrong) of each model.")
+    print(f"{len(clean)} {args.split} chips, true labels, full chip, L-inf {epsilon * 255:.0f}/255, "
+          f"{args.steps} steps, momentum 1. "
+          f"Error rate per attribute ({' / '.join(names)}) and MOSR (all wrong) of each model.")
     print(f"{'attack':34s} {'s':>5s} " + " ".join(f"{n[:24]:>26s}" for n in scored))
 
     def row(name: str, x: torch.Tensor, seconds: float) -> None:

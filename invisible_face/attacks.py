@@ -44,12 +44,14 @@ def iterative_attack(model: nn.Module, images: torch.Tensor, labels: dict[str, t
         current = grad + variance
         if vmi_neighbours > 0:
             around = torch.stack([
-                _loss_grad(model, (x + (torch.rand(x.shape, generator=generator).to(x) * 2 - 1) * vmi_radius * epsilon).clamp(0, 1),
+                _loss_grad(model, (x + (torch.rand(x.shape, generator=generator).to(x) * 2 - 1)
+                                   * vmi_radius * epsilon).clamp(0, 1),
                            labels, kappa)
                 for _ in range(vmi_neighbours)]).mean(0)
             variance = around - grad
         if momentum > 0:
-            g_momentum = momentum * g_momentum + current / current.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            g_momentum = (momentum * g_momentum
+                          + current / current.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1))
             current = g_momentum
         delta = (delta - alpha * current.sign()).clamp(-epsilon, epsilon)  # descend: lower the true-class margin
         if mask is not None:
@@ -59,7 +61,8 @@ def iterative_attack(model: nn.Module, images: torch.Tensor, labels: dict[str, t
 
 
 def baseline_attack(name: str, model: nn.Module, images: torch.Tensor, labels: dict[str, torch.Tensor],
-                    epsilon: float, steps: int = 10, kappa: float = 5.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+                    epsilon: float, steps: int = 10, kappa: float = 5.0,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's baselines by name, with the usual settings: step epsilon/steps*1.6 for the
     iterative ones (PGD: epsilon/4 with a random start), mu = 1, TI sigma 3 px, VMI N = 5, radius 1.5."""
     alpha = 1.6 * epsilon / steps

@@ -8,12 +8,10 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import kornia
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -129,7 +127,8 @@ def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
     out = []
     for img in x:
         buf = io.BytesIO()
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            buf, "JPEG", quality=quality)
         out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1).float() / 255)
     return torch.stack(out)
 

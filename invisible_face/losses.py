@@ -20,7 +20,7 @@ def adversarial_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Te
     """Eq. 12 as a loss to minimise: push every attribute's true class below another class.
 
     Per attribute the margin is capped at -kappa, so an attribute already fooled with confidence
-    kappa stops pulling and the others get the gradient (DESIGN.md decision 8: a summed
+    kappa stops pulling and the others get the gradient (docs/design.md, "Losses": a summed
     cross-entropy lets one head dominate). Attributes are weighted equally. -> scalar.
     """
     per_attribute = [attribute_margin(logits[k], labels[k]).clamp(min=-kappa).mean() for k in labels]

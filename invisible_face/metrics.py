@@ -24,7 +24,8 @@ def mosr_by_count(predictions: dict[str, torch.Tensor], labels: dict[str, torch.
     by_count = {}
     for k in range(1, len(labels) + 1):
         subsets = list(combinations(labels, k))
-        by_count[k] = sum(mosr({a: predictions[a] for a in sub}, {a: labels[a] for a in sub}) for sub in subsets) / len(subsets)
+        by_count[k] = sum(mosr({a: predictions[a] for a in sub}, {a: labels[a] for a in sub})
+                          for sub in subsets) / len(subsets)
     return by_count
 
 

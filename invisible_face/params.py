@@ -22,7 +22,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def with_tuned_weights(params: dict[str, Any], weights: str | Path | None) -> dict[str, Any]:
-    """``params`` with the tune stage's best loss weights and beta (its ``best.json``) in ``ldman``;
+    """``params`` with the tune stage's best loss weights (its ``best.json``) in ``ldman``;
     unchanged when ``weights`` is None."""
     if weights:
         import json

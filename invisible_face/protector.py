@@ -1,8 +1,10 @@
 """The protector: one inference object for the CLI, the evaluation and the Serve app.
 
-photo -> detect faces -> landmarks -> per face: square crop at the face's own resolution,
-region (Algorithm 1), eps_d (Algorithm 2, when ``use_dp``), G over a window around the region,
-refinement on the surrogate (invisible_face.refine), paste back -> protected photo + a record per face.
+photo -> detect faces -> landmarks -> per face: square crop at the face's own resolution, the
+feathered face mask from the landmarks, G in one forward pass (with the surrogate's clean call and
+DP, invisible_face.ldman.generator_protect), a check on the surrogate; only a face G leaves
+unprotected goes to the refinement (invisible_face.refine) -> paste back -> the protected photo and
+a record per face saying which path protected it (``generator`` / ``refined`` / ``not_protected``).
 
 The export is ``<stem>.safetensors`` (generator, surrogate and optional audit-model tensors) +
 ``<stem>.json`` (a plain config): loading it never unpickles anything, so a tampered file cannot run code.
@@ -21,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from invisible_face.directions import directional_perturbation
-from invisible_face.ldman import Generator, apply_perturbation, local_perturbation, region_window
 from invisible_face.landmarks import Face, make_backend
+from invisible_face.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.models import AttributeClassifier, build_classifier, classifier_from_state
-from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation
-from invisible_face.regions import clean_log_probs, rect_masks, select_region
+from invisible_face.refine import refine_perturbation, shrink_perturbation
+from invisible_face.regions import rect_masks, select_region
 
-FORMAT_VERSION = 4  # 2: refinement settings; 3: chip upsampling; 4: crop fallback, shrink
+FORMAT_VERSION = 5  # 5: the conditioned low-resolution G, face masks, G-first protection
+PATHS = ("generator", "refined", "not_protected")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class FaceRecord:
     detected: bool
     score: float
     ms: float
+    path: str = "not_protected"  # which step protected it: one of PATHS
     predicted_before: dict[str, int] = field(default_factory=dict)
     predicted_after: dict[str, int] = field(default_factory=dict)
     # the export's audit model (a target the protector never attacked), when it holds one
@@ -53,22 +56,23 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
     ``target``: (name, model) of a zoo model shipped for audits (predictions before and after)."""
     stem = Path(stem)
     nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
-    tensors = {f"{net}.{k}": v.detach().cpu().contiguous() for net, m in nets.items() for k, v in m.state_dict().items()}
-    lcfg = cfg["ldman"]
+    tensors = {f"{net}.{k}": v.detach().cpu().contiguous()
+               for net, m in nets.items() for k, v in m.state_dict().items()}
+    lcfg, pcfg = cfg["ldman"], cfg["protector"]
     config = {
         "format_version": FORMAT_VERSION,
-        "generator": {"epsilon": lcfg["epsilon"], "width": lcfg["g_width"], "blocks": lcfg["g_blocks"]},
+        "generator": generator.config(),
         "surrogate": surrogate.config(),
         "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
-        "protect": {**{k: lcfg[k] for k in ("epsilon", "beta", "window", "image_size")},
-                    "use_dp": cfg["protector"]["use_dp"]},
-        "directions": {k: cfg["directions"][k] for k in ("n_neighbours", "neighbourhood_radius")},
-        "regions": {k: cfg["regions"][k] for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
-        "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": cfg["protector"]["upsample"],
+        "protect": {"epsilon": lcfg["epsilon"], "min_psnr": lcfg["min_psnr"], "kappa": lcfg["kappa"],
+                    "cover": cfg["directions"]["cover"], "mask": {"kind": "face", **pcfg["mask"]}},
+        "regions": {k: cfg["regions"][k]
+                    for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
+        "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": pcfg["upsample"],
                       "upsample_chip": cfg["landmarks"]["upsample"],
                       "fallback_box": cfg["landmarks"]["fallback_box"]},
-        "refine": cfg["protector"]["refine"],
-        "face_margin": cfg["protector"]["face_margin"],
+        "refine": pcfg["refine"],
+        "face_margin": pcfg["face_margin"],
         "seed": cfg["seed"],
     }
     if target:
@@ -79,19 +83,18 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
 
 
 def untrained_export(stem: str | Path, cfg: dict[str, Any]) -> Path:
-    """An export of untrained, small networks with a short region search and refinement: it runs
-    the CLI and serving paths in seconds and says nothing about protection quality."""
+    """An export of untrained, small networks with a short refinement: it runs the CLI and serving
+    paths in seconds and says nothing about protection quality."""
     import copy
 
     cfg = copy.deepcopy(cfg)
-    cfg["ldman"].update(g_width=8, g_blocks=1)
-    cfg["regions"].update(t_max=1.0, t_min=0.5, restarts=1)
     cfg["protector"]["refine"]["steps"] = 2
     attributes = {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}
     torch.manual_seed(0)
     surrogate = build_classifier("resnet18", attributes, input_size=32).eval()
     audit = build_classifier("vgg11_bn_small", attributes, input_size=32).eval()
-    generator = Generator(cfg["ldman"]["epsilon"], width=8, blocks=1).eval()
+    generator = Generator(cfg["ldman"]["epsilon"], sum(attributes.values()), width=8, blocks=1, work_size=32,
+                          out_size=16).eval()
     return export_protector(stem, generator, surrogate, cfg, ("target_tiny", audit))
 
 
@@ -113,10 +116,12 @@ class Protector:
             stem = stem.with_suffix("")
         config = json.loads(stem.with_suffix(".json").read_text())
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{stem}: unsupported protector format {config.get('format_version')!r}")
+            raise ValueError(f"{stem}: protector format {config.get('format_version')!r}, this version reads "
+                             f"{FORMAT_VERSION}; rebuild the export with `dvc repro export`")
         tensors = load_file(str(stem.with_suffix(".safetensors")))
         g = Generator(**config["generator"])
         g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
+
         def classifier(net: str) -> AttributeClassifier:
             return classifier_from_state(config[net], {k[len(net) + 1:]: v for k, v in tensors.items()
                                                        if k.startswith(f"{net}.")})
@@ -133,74 +138,77 @@ class Protector:
         """The audit model's calls on a crop before and after (empty without one)."""
         if self.target is None:
             return {}
-        return {"target_before": self._predict(clean, self.target), "target_after": self._predict(protected, self.target)}
+        return {"target_before": self._predict(clean, self.target),
+                "target_after": self._predict(protected, self.target)}
+
+    def face_region(self, crop: torch.Tensor, points: np.ndarray) -> tuple[torch.Tensor, tuple[float, ...]]:
+        """The mask the face is perturbed in (``protect.mask.kind``): ``face``, the feathered
+        landmarks box; ``region``, Algorithm 1's rectangle (the paper's local region); ``crop``, the
+        whole crop. crop: 3 x H x W -> (1 x 1 x H x W in [0, 1], its bounding box x0, y0, x1, y1)."""
+        mcfg = self.config["protect"]["mask"]
+        _, h, w = crop.shape
+        if mcfg["kind"] == "crop":
+            return torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))
+        if mcfg["kind"] == "region":  # seeded per face, so the same photo always gets the same region
+            rect = select_region(self.surrogate, crop, points, self.config["regions"],
+                                 np.random.default_rng(self.config["seed"])).rect
+            return rect_masks(torch.tensor([rect]), h, w), tuple(float(v) for v in rect)
+        mask = face_mask(points, h, w, mcfg["forehead"], mcfg["feather"])[None]
+        ys, xs = torch.nonzero(mask[0, 0] > 0, as_tuple=True)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)) if len(xs) else \
+            (0.0, 0.0, float(w), float(h))
+        return mask, box
 
     def protect_face(self, crop: torch.Tensor, points: np.ndarray, labels: dict[str, int] | None = None
-                     ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict]:
+                     ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict, str]:
         """crop: 3 x H x W in [0, 1] (the face at its own resolution); points: 68 x 2 in crop pixels;
         labels: the face's true attributes when known (an evaluation, or a user who states them).
-        -> (protected crop, region rect in crop pixels, predictions before, after)."""
-        pcfg = self.config["protect"]
+        -> (protected crop, perturbed box in crop pixels, predictions before, after, path)."""
+        pcfg, rcfg = self.config["protect"], self.config["refine"]
         _, h, w = crop.shape
-        clean_log_p = clean_log_probs(self.surrogate, crop)  # shared by the region search and refinement
-        if pcfg.get("full_region"):  # ablation (paper Table V): the whole crop is the region
-            rect_xy = (0.0, 0.0, float(w), float(h))
-        else:  # seeded per face, so the same photo always gets the same region
-            rect_xy = select_region(self.surrogate, crop, points, self.config["regions"],
-                                    np.random.default_rng(self.config["seed"]), clean=clean_log_p).rect
-        rect = torch.tensor([rect_xy])
-        before = {k: int(v.argmax(1)) for k, v in clean_log_p.items()}
-        eps_d = None
-        if pcfg["use_dp"]:
-            calls = {k: torch.tensor([v]) for k, v in before.items()}  # the model's own calls stand in for labels
-            eps_d = directional_perturbation(self.surrogate, crop[None], calls, self.config["directions"]["n_neighbours"],
-                                             self.config["directions"]["neighbourhood_radius"],
-                                             torch.Generator().manual_seed(self.config["seed"]))
-        # G's window: the training window scaled to this crop's size, never smaller than the region
-        scale = min(h, w) / pcfg["image_size"]
-        size = int(min(h, w, max(round(pcfg["window"] * scale), rect_xy[2] - rect_xy[0] + 1,
-                                  rect_xy[3] - rect_xy[1] + 1)))
-        left, top = region_window(rect, size, h, w)[0].tolist()
-        win = crop[None, :, top:top + size, left:left + size]
-        mask = rect_masks(rect, h, w)[:, :, top:top + size, left:left + size]
-        d = eps_d[:, :, top:top + size, left:left + size] if eps_d is not None else None
+        mask, box = self.face_region(crop, points)
+        known = None
+        if labels is not None:
+            n = {k: len(v) for k, v in self.config["attributes"].items()}
+            known = {k: F.one_hot(torch.tensor([labels[k]]), n[k]).bool() for k in n}
         with torch.no_grad():
-            eps_l = local_perturbation(self.generator, win, mask, d, pcfg["beta"], pcfg["epsilon"])
-        delta = torch.zeros_like(crop)[None]
-        delta[:, :, top:top + size, left:left + size] = eps_l
-        delta, rect, logits = self._refine(crop, delta, rect, points, clean_log_p, labels)
-        protected = apply_perturbation(crop[None], delta)[0]
-        rect_xy = tuple(float(v) for v in rect[0])
-        after = {k: int(v.argmax(1)) for k, v in logits.items()} if logits else self._predict(protected)
-        return protected, rect_xy, before, after
+            before = {k: int(v.argmax(1)) for k, v in self.surrogate(crop[None]).items()}
+        delta, classes = generator_protect(self.generator, self.surrogate, crop[None], mask, pcfg["cover"],
+                                           pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
+        # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins)
+        shrunk, logits, protected = shrink_perturbation(self.surrogate, crop[None], delta, classes,
+                                                        [*rcfg["shrink"], 1.0], rcfg["stop_margin"])
+        if protected.all():
+            delta, path = shrunk, "generator"
+        else:
+            delta, box, logits, path = self._refine(crop, delta, mask, box, classes)
+        out = apply_perturbation(crop[None], delta)[0]
+        after = {k: int(v.argmax(1)) for k, v in logits.items()}
+        return out, box, before, after, path
 
-    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, rect: torch.Tensor, points: np.ndarray,
-                clean_log_p: dict[str, torch.Tensor], labels: dict[str, int] | None
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
-        """Refinement of G's perturbation (invisible_face.refine): steps inside the region, which
-        grows toward the landmarks' box, and then to the whole crop, while the face is not yet
-        protected -> (delta, final rect, the surrogate's logits on the result; None without steps)."""
-        rcfg = self.config["refine"]
-        if rcfg["steps"] == 0:
-            return delta, rect, None
+    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, box: tuple[float, ...],
+                classes: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[float, ...], dict, str]:
+        """The fallback for a face G left unprotected: steps on the surrogate from G's perturbation
+        inside the mask, then over the whole crop (``crop_fallback``) while it is still not protected
+        -> (delta, perturbed box, the surrogate's logits on the result, path)."""
+        rcfg, pcfg = self.config["refine"], self.config["protect"]
         _, h, w = crop.shape
-        lo, hi = points.min(0), points.max(0) + 1
-        landmarks_box = torch.tensor([[max(lo[0], 0), max(lo[1], 0), min(hi[0], w), min(hi[1], h)]], dtype=rect.dtype)
-        # without true labels: steer away from every class the model finds plausible
-        classes = {k: plausible_classes(v, rcfg["cover"]) if labels is None
-                   else F.one_hot(torch.tensor([labels[k]]), v.shape[1]).bool()
-                   for k, v in clean_log_p.items()}
-        regions = [grow_rect(rect, landmarks_box, t) for t in rcfg["growth"]]
+        masks = [(mask, box)]
         if rcfg["crop_fallback"]:
-            regions.append(torch.tensor([[0.0, 0.0, float(w), float(h)]], dtype=rect.dtype))
-        logits = None
-        for rect in regions:
-            delta, fooled, logits = refine_perturbation(
-                self.surrogate, crop[None], delta, rect_masks(rect, h, w), classes, self.config["protect"]["epsilon"],
-                rcfg["steps"], rcfg["step_size"], rcfg["stop_margin"], rcfg["shrink"])
-            if fooled.all():
+            masks.append((torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))))
+        logits: dict[str, torch.Tensor] = {}
+        for mask, box in masks:
+            if rcfg["steps"] == 0:
                 break
-        return delta, rect, logits
+            delta, fooled, logits = refine_perturbation(
+                self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
+                rcfg["stop_margin"], rcfg["shrink"])
+            if fooled.all():
+                return delta, box, logits, "refined"
+        if not logits:
+            with torch.no_grad():
+                logits = self.surrogate(apply_perturbation(crop[None], delta))
+        return delta, box, logits, "not_protected"
 
     # ------------------------------------------------------------------ photos
 
@@ -224,25 +232,26 @@ class Protector:
             left, top, right, bottom = self.face_crop_box(face, h, w)
             crop = out[:, top:bottom, left:right].clone()
             points = face.points - np.array([left, top], dtype=np.float32)
-            protected, rect, before, after = self.protect_face(crop, points)
+            protected, rect, before, after, path = self.protect_face(crop, points)
             out[:, top:bottom, left:right] = protected
             records.append(FaceRecord(
                 box=[float(v) for v in face.box],
                 region=[rect[0] + left, rect[1] + top, rect[2] + left, rect[3] + top],
-                detected=True, score=face.score, ms=1000 * (time.perf_counter() - t0),
+                detected=True, score=face.score, ms=1000 * (time.perf_counter() - t0), path=path,
                 predicted_before=before, predicted_after=after, **self.audit(crop, protected)))
         return to_uint8(out), records
 
-    def protect_chip(self, image: np.ndarray, labels: dict[str, int] | None = None) -> tuple[np.ndarray, list[FaceRecord]]:
+    def protect_chip(self, image: np.ndarray, labels: dict[str, int] | None = None
+                     ) -> tuple[np.ndarray, list[FaceRecord]]:
         """Protect an aligned face crop as one face (``--aligned``): no photo-level detection.
         ``labels``: its true attributes when known (see ``protect_face``)."""
         t0 = time.perf_counter()
         lcfg = self.config["landmarks"]
         face = self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample_chip"])
         crop = torch.tensor(image).permute(2, 0, 1).float() / 255
-        protected, rect, before, after = self.protect_face(crop, face.points, labels)
+        protected, rect, before, after, path = self.protect_face(crop, face.points, labels)
         record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
-                            score=face.score, ms=1000 * (time.perf_counter() - t0),
+                            score=face.score, ms=1000 * (time.perf_counter() - t0), path=path,
                             predicted_before=before, predicted_after=after, **self.audit(crop, protected))
         return to_uint8(protected), [record]
 
@@ -257,9 +266,15 @@ def records_as_dicts(records: list[FaceRecord]) -> list[dict[str, Any]]:
 
 
 def protection_grid(clean: torch.Tensor, protected: torch.Tensor, path: str | Path, amplify: float = 10.0) -> None:
-    """PNG grid: rows of clean, protected, and |perturbation| x ``amplify`` (B x 3 x H x W each)."""
+    """PNG grid (B x 3 x H x W each): rows of clean, protected, |perturbation| x ``amplify``, then
+    the central half of clean and protected at 2x zoom (nearest), where a perturbation shows."""
     import torchvision
 
+    protected = protected.clamp(0, 1)
     perturbation = ((protected - clean).abs() * amplify).clamp(0, 1)
-    grid = torchvision.utils.make_grid(torch.cat([clean, protected, perturbation]), nrow=len(clean), padding=2)
+    h, w = clean.shape[-2:]
+    centre = lambda x: F.interpolate(x[..., h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2], size=(h, w),
+                                     mode="nearest")
+    rows = [clean, protected, perturbation, centre(clean), centre(protected)]
+    grid = torchvision.utils.make_grid(torch.cat(rows), nrow=len(clean), padding=2)
     torchvision.utils.save_image(grid, str(path))

@@ -1,14 +1,11 @@
-"""Inference-time refinement of LD-MAN's perturbation (README, "Decisions and deviations").
+"""The refinement: the protector's fallback for faces G leaves unprotected (docs/design.md,
+"The generator").
 
-G trained for minutes on a CPU fools the surrogate on few faces by itself, and on 200 px chips
-seen by a 64 px surrogate an 8/255 budget inside Algorithm 1's rectangle (about 28 % of the chip)
-fools all three attributes on about a third of them. So the protector starts from G's eps_l
-(plus beta * eps_d) and takes a few normalised-gradient steps on the surrogate inside the region,
-stopping per face as soon as every attribute is fooled by a margin; a face the region cannot
-protect gets the region grown toward the landmarks' bounding box, one step of ``growth`` at a time,
-and at last to its whole crop. Early stopping is what keeps PSNR high: easy faces stop after a step
-or two; a last forward pass then scales the perturbation down as far as the margin allows, since the
-final step overshoots.
+Starting from G's perturbation, a few normalised-gradient steps on the surrogate inside the face
+mask, stopping per face as soon as every attribute is called outside its set by a margin; a face
+the mask cannot protect gets the whole crop. Early stopping keeps PSNR high; a last forward pass
+then scales the perturbation down as far as the margin allows, since the final step overshoots.
+The sets, the margins and the capped objective here are also what G trains on and is checked by.
 """
 
 from __future__ import annotations
@@ -17,15 +14,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-
-
-def grow_rect(rect: torch.Tensor, outer: torch.Tensor, t: float) -> torch.Tensor:
-    """The rectangle ``t`` of the way from ``rect`` to the union of ``rect`` and ``outer``.
-
-    rect, outer: B x 4 (x0, y0, x1, y1); t in [0, 1] -> B x 4 (t = 0: rect, t = 1: the union).
-    """
-    union = torch.cat([torch.minimum(rect[:, :2], outer[:, :2]), torch.maximum(rect[:, 2:], outer[:, 2:])], 1)
-    return rect + t * (union - rect)
 
 
 def plausible_classes(logits: torch.Tensor, cover: float) -> torch.Tensor:
@@ -53,6 +41,15 @@ def attribute_margins(logits: dict[str, torch.Tensor], classes: dict[str, torch.
     return torch.stack([set_margin(logits[k], classes[k]) for k in classes], 1)
 
 
+def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor], cap: float) -> torch.Tensor:
+    """The label-free adversarial objective, to minimise: each attribute's set margin, floored at
+    ``-cap`` so an attribute already called outside its set by ``cap`` logits stops pulling and the
+    others get the gradient, summed over attributes. {attribute: B x C}, {attribute: B x C bool} -> B.
+
+    One function for G's training, the direction G is given, and the refinement's steps."""
+    return attribute_margins(logits, classes).clamp(min=-cap).sum(1)
+
+
 def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, classes: dict[str, torch.Tensor],
                         scales: Sequence[float], stop_margin: float
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
@@ -78,19 +75,21 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
                         stop_margin: float, shrink: Sequence[float] = ()
                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
-    ``mask`` within the L-inf budget.
+    ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
 
-    images, delta: B x 3 x H x W (delta: the starting perturbation); mask: B x 1 x H x W in {0, 1};
+    images, delta: B x 3 x H x W (delta: the starting perturbation); mask: B x 1 x H x W in [0, 1]
+    (a soft mask bounds the budget pixel by pixel: the feathered face mask fades it out at the edges);
     classes: {attribute: B x C bool}, e.g. the true labels one-hot or :func:`plausible_classes`.
     Each step moves a face by ``step_size * epsilon`` in RMS over its mask, along the gradient of
     the summed margins (each capped just past the stop, so a fooled head stops pulling). A face
     fooled at the end is then scaled down by the smallest of ``shrink`` that keeps it fooled
     (:func:`shrink_perturbation`), taking back the last step's overshoot.
-    -> (perturbation B x 3 x H x W, |.| <= epsilon, zero outside mask and the [0, 1] range;
+    -> (perturbation B x 3 x H x W, |.| <= epsilon * mask, inside the [0, 1] range;
         fooled: B bool, every attribute past the margin at the end;
         the model's logits on images + perturbation, {attribute: B x C}).
     """
-    delta = ((images + delta * mask).clamp(0, 1) - images).clamp(-epsilon, epsilon)
+    bound = epsilon * mask
+    delta = (images + torch.maximum(torch.minimum(delta, bound), -bound)).clamp(0, 1) - images
     area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
@@ -99,11 +98,11 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         fooled = (margins < -stop_margin).all(1)
         if fooled.all() or step == steps:
             break
-        (grad,) = torch.autograd.grad(margins.clamp(min=-stop_margin - 0.5).sum(), d)
+        (grad,) = torch.autograd.grad(set_margin_loss(logits, classes, stop_margin + 0.5).sum(), d)
         grad = grad * mask
         unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * area
         active = (~fooled).float().view(-1, 1, 1, 1)
-        delta = (delta - active * step_size * epsilon * unit).clamp(-epsilon, epsilon) * mask
+        delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
         delta = (images + delta).clamp(0, 1) - images
     delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
     if shrink and fooled.any():

@@ -40,7 +40,8 @@ def champion_hpn(client: MlflowClient, name: str) -> tuple[str | None, float | N
     return version.version, float(version.tags.get("h_pn", "nan"))
 
 
-def register_protector(stem: str | Path, name: str, metrics: dict[str, float], gates: dict[str, float]) -> dict[str, Any]:
+def register_protector(stem: str | Path, name: str, metrics: dict[str, float],
+                       gates: dict[str, float]) -> dict[str, Any]:
     """Log the export in a run, create a model version, promote it or record why not."""
     stem = Path(stem)
     client = MlflowClient()

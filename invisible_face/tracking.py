@@ -3,7 +3,8 @@
 Tracking and registry URI: ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<root>/mlflow.db``
 (MLflow 3 has no file store by default). Artifacts of experiments created here go to
 ``<root>/mlruns``. ``root`` is the working directory, which is the project root under ``dvc repro``
-(and the temporary copy's root in the end-to-end test). Every run is tagged with the data version (md5 of ``data.dvc``) and git commit.
+(and the temporary copy's root in the end-to-end test). Every run is tagged with the data version
+(md5 of ``data.dvc``) and git commit.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 import yaml
-
 
 
 def tracking_uri(root: Path | None = None) -> str:

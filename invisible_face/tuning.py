@@ -1,9 +1,11 @@
-"""Ray Tune over LD-MAN's loss weights Lambda (Eq. 20) and beta (Eq. 6).
+"""Ray Tune over LD-MAN's loss weights Lambda (Eq. 20).
 
 Train V2 pattern: each trial is a function that builds and fits a ``TorchTrainer`` (through
 ``distributed.fit``); ``TuneReportCallback`` forwards the workers' per-epoch reports to Tune, so
-ASHA can stop weak trials early. The objective is validation H-PN (Eq. 22). Every trial is an
-MLflow run nested under the tuning run.
+ASHA can stop weak trials early. The objective is H-PN (Eq. 22) with G's label-free protected
+share in place of MOSR, on validation chips through the deployed path: it moves with every face G
+protects, where MOSR on a short trial moved by single chips. Every trial is an MLflow run nested
+under the tuning run.
 """
 
 from __future__ import annotations
@@ -21,26 +23,26 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from invisible_face import distributed
 from invisible_face.ldman_training import LOSS_NAMES, train_loop
 
-OBJECTIVE = "val_hpn"
+OBJECTIVE = "val_hpn_protected"
+TUNED = tuple(n for n in LOSS_NAMES if n != "adv")  # L_adv's weight stays 1: the scale the others are set against
 
 
 def search_space(tcfg: dict[str, Any]) -> dict[str, Any]:
-    """One log-uniform weight per loss term and for beta, within the params' bounds."""
-    space = {f"w_{name}": tune.loguniform(*tcfg["weight_bounds"][name]) for name in LOSS_NAMES}
-    space["beta"] = tune.loguniform(*tcfg["beta_bounds"])
-    return space
+    """One log-uniform weight per tuned loss term, within the params' bounds."""
+    return {f"w_{name}": tune.loguniform(*tcfg["weight_bounds"][name]) for name in TUNED}
 
 
-def as_overrides(trial_config: dict[str, Any]) -> dict[str, Any]:
-    """Tune's flat sample -> the ``ldman`` keys it overrides (loss_weights list and beta)."""
-    return {"loss_weights": [trial_config[f"w_{n}"] for n in LOSS_NAMES], "beta": trial_config["beta"]}
+def as_overrides(trial_config: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
+    """Tune's flat sample -> the ``ldman`` keys it overrides: ``loss_weights`` by name, the
+    untuned ones as in ``weights``."""
+    return {"loss_weights": {**weights, **{n: trial_config[f"w_{n}"] for n in TUNED}}}
 
 
 def _trial(trial_config: dict[str, Any], base: dict[str, Any], scaling: dict[str, Any],
            storage_path: str, tracking: dict[str, str]) -> None:
     """One trial: fit LD-MAN with the sampled weights; log the trial as a nested MLflow run."""
     trial_id = tune.get_context().get_trial_id()
-    config = {**base, **as_overrides(trial_config)}
+    config = {**base, **as_overrides(trial_config, base["loss_weights"])}
     mlflow.set_tracking_uri(tracking["uri"])
     with mlflow.start_run(experiment_id=tracking["experiment_id"], run_name=f"trial-{trial_id}",
                           tags={"mlflow.parentRunId": tracking["parent_run_id"], "trial_id": trial_id}):
@@ -61,7 +63,7 @@ def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, 
     storage_path = str(Path(storage_path).resolve())
     trainable = tune.with_parameters(_trial, base=base, scaling=scaling, storage_path=storage_path,
                                      tracking=tracking)
-    # The trial itself only waits on its Train workers, which hold the CPUs (DESIGN.md: on 2 cores
+    # The trial itself only waits on its Train workers, which hold the CPUs (on 2 cores
     # a 1-CPU trial plus two 1-CPU workers would wait for ever). Ray refuses an empty request, so
     # the trial asks for a token of memory instead of a CPU.
     trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 64 * 2**20})
@@ -85,6 +87,7 @@ def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, 
             rows.append({**result.config, "error": str(result.error)})
             continue
         rows.append({**result.config, **{k: result.metrics.get(k) for k in
-                                          ("epoch", "val_hpn", "val_mosr", "val_ssim", "val_psnr")}})
+                                          ("epoch", OBJECTIVE, "val_protected_share", "val_hpn", "val_mosr", "val_ssim",
+                                           "val_psnr")}})
     best = grid.get_best_result(metric=OBJECTIVE, mode="max", scope="last")
-    return as_overrides(best.config), pd.DataFrame(rows)
+    return as_overrides(best.config, base["loss_weights"]), pd.DataFrame(rows)

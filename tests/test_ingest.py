@@ -1,7 +1,7 @@
 import yaml
 
-from repo_copy import run
 from invisible_face.cli import main
+from repo_copy import run
 
 
 def test_ingest_makes_a_new_dvc_version(tmp_path, chip_folder):

@@ -17,7 +17,8 @@ def points_inside(face, margin: float = 0.25) -> bool:
     x0, y0, x1, y1 = face.box
     w, h = x1 - x0, y1 - y0
     xs, ys = face.points[:, 0], face.points[:, 1]
-    return bool(((xs > x0 - margin * w) & (xs < x1 + margin * w) & (ys > y0 - margin * h) & (ys < y1 + margin * h)).all())
+    return bool(((xs > x0 - margin * w) & (xs < x1 + margin * w)
+                 & (ys > y0 - margin * h) & (ys < y1 + margin * h)).all())
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from invisible_face.refine import grow_rect, plausible_classes, refine_perturbation, set_margin, shrink_perturbation
+from invisible_face.refine import plausible_classes, refine_perturbation, set_margin, shrink_perturbation
 from invisible_face.regions import rect_masks
 
 
@@ -16,14 +16,6 @@ class Tiny(nn.Module):
     def forward(self, x):
         z = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
         return {k: 10 * h(z - 0.5) for k, h in self.heads.items()}
-
-
-def test_grow_rect_goes_from_the_rect_to_the_union():
-    rect, outer = torch.tensor([[10.0, 20.0, 30.0, 40.0]]), torch.tensor([[5.0, 25.0, 50.0, 35.0]])
-    assert torch.equal(grow_rect(rect, outer, 0.0), rect)
-    assert torch.equal(grow_rect(rect, outer, 1.0), torch.tensor([[5.0, 20.0, 50.0, 40.0]]))
-    half = grow_rect(rect, outer, 0.5)
-    assert (half[:, :2] <= rect[:, :2]).all() and (half[:, 2:] >= rect[:, 2:]).all()
 
 
 def test_plausible_classes_cover_the_probability_and_never_all():

@@ -3,8 +3,15 @@ import pytest
 import torch
 
 from invisible_face.models import build_classifier
-from invisible_face.regions import (CENTER_POINTS, anneal, candidate_rects, clean_log_probs, rect_masks, score_rects,
-                                    select_region)
+from invisible_face.regions import (
+    CENTER_POINTS,
+    anneal,
+    candidate_rects,
+    clean_log_probs,
+    rect_masks,
+    score_rects,
+    select_region,
+)
 
 CFG = dict(t_max=10.0, t_min=0.1, k=0.95, theta_m=1.0, theta_s=1.0, restarts=2, score_batch=8)
 

@@ -36,7 +36,8 @@ def test_promotion_both_ways(registry, tiny_protector):
     assert str(registry.get_model_version_by_alias("if-test", ALIAS).version) == "1"
     assert "below the gate" in registry.get_model_version("if-test", failing["version"]).tags["not_promoted_reason"]
     better = register_protector(tiny_protector, "if-test", {"mosr": 0.99, "ssim": 0.97, "h_pn": 0.85}, GATES)
-    assert better["promoted"] and str(registry.get_model_version_by_alias("if-test", ALIAS).version) == str(better["version"])
+    assert better["promoted"] and (str(registry.get_model_version_by_alias("if-test", ALIAS).version)
+                                   == str(better["version"]))
     # the champion loads through the same safe loader as a local export
     from invisible_face.protector import FORMAT_VERSION, Protector
 

@@ -1,7 +1,9 @@
-"""directions stage: eps_d (Algorithm 2) for every chip LD-MAN trains on, cached as packed signs.
+"""directions stage: label-free DP and plausible-class sets for every chip LD-MAN trains on, at G's
+work size (invisible_face.directions.set_direction), cached for training.
 
-Outputs (artifacts/directions/): directions.npz (files, bits N x bytes, shape), metrics.json
-(ms per image, and how far a plain budget-sized step along eps_d already fools the surrogate).
+Outputs (artifacts/directions/): directions.npz (files, sets N x K bool, bits N x bytes (DP packed
+one bit per value), shape), metrics.json (ms per chip; how far one full-budget step along DP over
+the face mask already protects, label-free).
 """
 
 from __future__ import annotations
@@ -13,49 +15,53 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from invisible_face.classifiers import attribute_sizes
+from invisible_face.classifiers import MODELS_DIR, attribute_sizes, surrogate_path
 from invisible_face.data import FaceAttributes
-from invisible_face.directions import directional_perturbation, pack_signs
-from invisible_face.metrics import fooled_all
+from invisible_face.directions import pack_signs, set_direction
+from invisible_face.ldman import sets_vector
+from invisible_face.ldman_training import chip_masks
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
+from invisible_face.refine import attribute_margins
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--manifest", default="artifacts/validate/manifest.csv")
-    parser.add_argument("--classifiers", default="artifacts/classifiers/models")
+    parser.add_argument("--classifiers", default=str(MODELS_DIR))
+    parser.add_argument("--landmarks", default="artifacts/landmarks/landmarks.npz")
     parser.add_argument("--out", default="artifacts/directions")
     args = parser.parse_args()
 
     cfg = load_params(args.params)
-    dcfg, lcfg = cfg["directions"], cfg["ldman"]
-    surrogate = load_classifier(Path(args.classifiers) / f"{cfg['classifiers']['surrogate']['name']}.pt")
-    faces = FaceAttributes(args.manifest, cfg["data"]["image_dir"], lcfg["train_splits"],
-                           list(attribute_sizes(cfg)), size=lcfg["image_size"], limit=lcfg["train_images"],
-                           seed=cfg["seed"])
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    bits, fooled, start = [], [], time.perf_counter()
-    for images, labels in tqdm(DataLoader(faces, batch_size=dcfg["batch_size"]), desc="directions", unit="batch"):
-        eps_d = directional_perturbation(surrogate, images, labels, dcfg["n_neighbours"],
-                                         dcfg["neighbourhood_radius"], generator)
-        bits.extend(np.frombuffer(pack_signs(d)[0], dtype=np.uint8) for d in eps_d)
+    dcfg, lcfg, pcfg = cfg["directions"], cfg["ldman"], cfg["protector"]
+    surrogate = load_classifier(surrogate_path(cfg, Path(args.classifiers)))
+    faces = FaceAttributes(args.manifest, cfg["data"]["image_dir"], lcfg["train_splits"], list(attribute_sizes(cfg)),
+                           size=lcfg["work_size"], limit=lcfg["train_images"], seed=cfg["seed"])
+    files = faces.table["file"].tolist()
+    masks = chip_masks(files, dict(np.load(args.landmarks)), cfg["validate"]["expected_size"][0], lcfg["work_size"],
+                       pcfg["mask"])
+    sets, bits, protected, start = [], [], [], time.perf_counter()
+    for i in tqdm(range(0, len(faces), dcfg["batch_size"]), desc="directions", unit="batch", mininterval=10):
+        images = faces.images[i:i + dcfg["batch_size"]].float() / 255
+        direction, classes = set_direction(surrogate, images, dcfg["cover"], lcfg["kappa"])
+        sets.append(sets_vector(classes).bool())
+        bits.extend(np.frombuffer(pack_signs(d)[0], dtype=np.uint8) for d in direction)
         with torch.no_grad():
-            stepped = (images + lcfg["epsilon"] * eps_d).clamp(0, 1)
-            preds = {k: v.argmax(1) for k, v in surrogate(stepped).items()}
-        fooled.append(fooled_all(preds, labels))
+            stepped = (images + lcfg["epsilon"] * direction * masks[i:i + len(images)]).clamp(0, 1)
+            margins = attribute_margins(surrogate(stepped), classes)
+        protected.append((margins < -pcfg["refine"]["stop_margin"]).all(1))
     elapsed = time.perf_counter() - start
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "directions.npz", files=faces.table["file"].to_numpy().astype(str), bits=np.stack(bits),
-                        shape=np.array(faces.images.shape[1:]))
+    np.savez_compressed(out / "directions.npz", files=np.array(files).astype(str), sets=torch.cat(sets).numpy(),
+                        bits=np.stack(bits), shape=np.array(faces.images.shape[1:]))
     metrics = {"images": len(faces), "ms_per_image": 1000 * elapsed / len(faces),
-               "full_image_step_mosr": torch.cat(fooled).float().mean().item()}
+               "one_step_protected_share": torch.cat(protected).float().mean().item()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
 

@@ -4,7 +4,7 @@ Its own stage so that changing how the protector runs (``protector`` params, ref
 search settings) re-exports in seconds instead of retraining LD-MAN. Outputs (artifacts/export/):
 protector.safetensors + protector.json (with ``protector.audit_model``, a zoo model the protector
 never attacks, for the Serve app's /analyze), what the CLI, the evaluation, the registry and the Serve
-app load (DESIGN.md: tensors and a plain config only, never a pickle).
+app load (tensors and a plain config only, never a pickle: docs/design.md).
 """
 
 from __future__ import annotations
@@ -14,28 +14,26 @@ from pathlib import Path
 
 import torch
 
-from invisible_face.ldman import Generator
+from invisible_face.classifiers import classifier_path, surrogate_path
+from invisible_face.ldman_training import ldman_config, new_generator
 from invisible_face.models import load_classifier
-from invisible_face.params import load_params, with_tuned_weights
+from invisible_face.params import load_params
 from invisible_face.protector import export_protector
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--weights", default=None, help="JSON file with tuned loss_weights and beta (tune stage)")
     parser.add_argument("--generator", default="artifacts/train/generator.pt")
     parser.add_argument("--out", default="artifacts/export")
     args = parser.parse_args()
 
-    cfg = with_tuned_weights(load_params(args.params), args.weights)
-    lcfg = cfg["ldman"]
-    generator = Generator(lcfg["epsilon"], lcfg["g_width"], lcfg["g_blocks"])
+    cfg = load_params(args.params)
+    generator = new_generator(ldman_config(cfg))
     generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))
-    models = Path("artifacts/classifiers/models")
-    surrogate = load_classifier(models / f"{cfg['classifiers']['surrogate']['name']}.pt")
+    surrogate = load_classifier(surrogate_path(cfg))
     audit = cfg["protector"]["audit_model"]
-    target = (audit, load_classifier(models / f"{audit}.pt")) if audit else None
+    target = (audit, load_classifier(classifier_path(audit))) if audit else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = export_protector(out / "protector", generator, surrogate, cfg, target)

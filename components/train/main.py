@@ -1,8 +1,9 @@
 """train stage: LD-MAN on Ray Train.
 
 Outputs (artifacts/train/): generator.pt (G's plain state dict; the export stage packs it into the
-protector), history.csv (per epoch, a DVC plot), grid.png (before / after /
-perturbation x10 on validation chips), metrics.json. One MLflow run in the experiment "ldman".
+protector), history.csv (per epoch: G's validation protected share, MOSR, SSIM, PSNR; a DVC plot),
+grid.png (validation chips before / after / perturbation x10, at 2x zoom), metrics.json. One MLflow
+run in the experiment "ldman", with every step's losses.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pandas as pd
 import torch
 
 from invisible_face.data import FaceAttributes
-from invisible_face.directions import directional_perturbation
-from invisible_face.ldman_training import ProtectionSet, ldman_config, ldman_scaling, protect_chips, train_ldman
+from invisible_face.ldman import generator_protect, psnr_to_rms
+from invisible_face.ldman_training import chip_masks, ldman_config, ldman_scaling, train_ldman
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params, with_tuned_weights
 from invisible_face.protector import protection_grid
@@ -28,7 +29,7 @@ from invisible_face.tracking import run_tags, setup_mlflow
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--weights", default=None, help="JSON file with tuned loss_weights and beta (tune stage)")
+    parser.add_argument("--weights", default=None, help="JSON file with the tuned loss_weights (tune stage)")
     parser.add_argument("--out", default="artifacts/train")
     parser.add_argument("--run-name", default="ldman")
     parser.add_argument("--without-rp", action="store_true",
@@ -38,40 +39,38 @@ def main() -> None:
     cfg = with_tuned_weights(load_params(args.params), args.weights)
     if args.without_rp:
         cfg["ldman"]["use_rp"] = False
-    lcfg = cfg["ldman"]
     config = ldman_config(cfg)
-    surrogate_path = config["surrogate"]
     setup_mlflow("ldman")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_name=args.run_name, tags=run_tags()) as run:
-        mlflow.log_params({k: v for k, v in lcfg.items()})
+        mlflow.log_params({k: v for k, v in cfg["ldman"].items()})
         generator, history = train_ldman(config, name=f"{args.run_name}-{run.info.run_id[:8]}",
                                          storage_path=Path(cfg["classifiers"]["storage_path"]).resolve(),
-                                         scaling=ldman_scaling(lcfg))
+                                         scaling=ldman_scaling(cfg["ldman"]))
         step = 0
         for epoch in history:
-            for s in epoch["steps"]:
+            for s in epoch["step_losses"]:
                 mlflow.log_metrics({f"step_{k}": v for k, v in s.items()}, step=step)
                 step += 1
-            mlflow.log_metrics({k: v for k, v in epoch.items() if k not in ("steps", "epoch")}, step=epoch["epoch"])
-        pd.DataFrame([{k: v for k, v in e.items() if k != "steps"} for e in history]).to_csv(out / "history.csv", index=False)
+            mlflow.log_metrics({k: v for k, v in epoch.items() if k not in ("step_losses", "epoch")},
+                               step=epoch["epoch"])
+        pd.DataFrame([{k: v for k, v in e.items() if k != "step_losses"} for e in history]).to_csv(
+            out / "history.csv", index=False)
 
-        surrogate = load_classifier(surrogate_path)
-        regions = dict(np.load(config["regions"]))
-        val = ProtectionSet(FaceAttributes(config["manifest"], config["image_dir"], ["val"], list(config["attributes"]),
-                                           size=lcfg["image_size"], limit=8, seed=config["seed"]), regions, None)
-        images = torch.stack([val[i][0] for i in range(len(val))])
-        labels = {k: torch.stack([val[i][1][k] for i in range(len(val))]) for k in config["attributes"]}
-        eps_d = directional_perturbation(surrogate, images, labels, config["n_neighbours"],
-                                         config["neighbourhood_radius"]) if lcfg["use_dp"] else None
-        with torch.no_grad():
-            protected, _, _ = protect_chips(generator, images, val.rects, eps_d, lcfg)
-        protection_grid(images, protected, out / "grid.png")
+        surrogate = load_classifier(config["surrogate"])
+        val = FaceAttributes(config["manifest"], config["image_dir"], ["val"], list(config["attributes"]),
+                             size=config["chip_size"], limit=6, seed=config["seed"])
+        images = val.images.float() / 255
+        masks = chip_masks(val.table["file"].tolist(), dict(np.load(config["landmarks"])), config["chip_size"],
+                           config["chip_size"], config["mask"])
+        delta, _ = generator_protect(generator, surrogate, images, masks, config["cover"], config["kappa"],
+                                     psnr_to_rms(config["min_psnr"]))
+        protection_grid(images, images + delta, out / "grid.png")
         mlflow.log_artifact(str(out / "grid.png"))
 
         torch.save(generator.state_dict(), out / "generator.pt")
-        last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k == "epoch_time_s"}
+        last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k in ("epoch_time_s", "steps")}
         (out / "metrics.json").write_text(json.dumps(last, indent=2))
         mlflow.log_artifact(str(out / "generator.pt"))
     print(json.dumps(last, indent=2))

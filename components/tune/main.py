@@ -1,7 +1,7 @@
-"""tune stage: Ray Tune (ASHA, seeded search) over LD-MAN's loss weights and beta.
+"""tune stage: Ray Tune (ASHA, seeded search) over LD-MAN's loss weights.
 
-Outputs (artifacts/tune/): best.json (the overrides the train stage reads: loss_weights, beta),
-trials.csv (one row per trial: weights and validation H-PN / MOSR / SSIM, a DVC plot),
+Outputs (artifacts/tune/): best.json (the overrides the train stage reads: loss_weights),
+trials.csv (one row per trial: weights, G's validation protected share, H-PN, MOSR, SSIM, PSNR; a DVC plot),
 metrics.json. The tuning run and its nested trial runs are in the MLflow experiment "tune".
 """
 
@@ -33,9 +33,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_name="tune-ldman", tags=run_tags()) as parent:
-        mlflow.log_params({k: v for k, v in tcfg.items() if k != "trial"} | {f"trial.{k}": v for k, v in tcfg["trial"].items()})
+        mlflow.log_params({k: v for k, v in tcfg.items() if k != "trial"}
+                          | {f"trial.{k}": v for k, v in tcfg["trial"].items()})
         tracking = {"uri": tracking_uri(), "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
-        best, trials = tune_weights(base, tcfg, scaling, Path(cfg["classifiers"]["storage_path"]), tracking, cfg["seed"])
+        best, trials = tune_weights(base, tcfg, scaling, Path(cfg["classifiers"]["storage_path"]), tracking,
+                                    cfg["seed"])
         trials.to_csv(out / "trials.csv", index=False)
         (out / "best.json").write_text(json.dumps(best, indent=2))
         done = trials.dropna(subset=[OBJECTIVE]) if OBJECTIVE in trials else trials.iloc[0:0]
