@@ -385,7 +385,7 @@ class Ingress:
         photo, result, encoded, media_type = await self._protect(request)
         info = await self._model_facts()
         faces = [{"box": f["box"], "region": f["region"], "detected": f["detected"], "score": f["score"],
-                  "surrogate": readable_predictions(f, info["attributes"]),
+                  "path": f["path"], "surrogate": readable_predictions(f, info["attributes"]),
                   **({"target": readable_predictions(f, info["attributes"], "target")} if f["target_before"] else {})}
                  for f in result["faces"]]
         body = {"status": "protected" if faces else "no_face", "faces": faces,

@@ -126,7 +126,8 @@ def test_protect_returns_the_same_format_with_face_records(url, face):
     assert out.format == "JPEG" and out.size == face.size
     summary = faces_header(r)
     assert summary["status"] == "protected" and len(summary["faces"]) == 1
-    assert {"box", "region", "predicted_before", "predicted_after"} <= set(summary["faces"][0])
+    assert {"box", "region", "path", "predicted_before", "predicted_after"} <= set(summary["faces"][0])
+    assert summary["faces"][0]["path"] in ("generator", "refined", "not_protected")
 
 
 def test_protect_json_carries_the_image(url, face):
@@ -153,6 +154,7 @@ def test_analyze_gives_surrogate_and_target_predictions_before_and_after(url, fa
         for attr, classes in body["attributes"].items():
             assert preds["before"][attr] in classes and preds["after"][attr] in classes
         assert set(preds["changed"]) <= set(body["attributes"])
+    assert body["faces"][0]["path"] in ("generator", "refined", "not_protected")
     assert "image_base64" not in body
 
 
