@@ -53,12 +53,13 @@ def main() -> None:
     rp.load_state_dict(torch.load(config["rp"], map_location="cpu", weights_only=True))
     rp.eval().requires_grad_(False)
     generator, discriminator = new_generator(config), Discriminator(config["d_width"])
+    features = SurrogateFeatures(surrogate)
 
     def step_ms(cfg: dict) -> float:
         times = []
         for _ in range(args.repeats + 1):
             t0 = time.perf_counter()
-            total, _, x_adv = step_losses(generator, discriminator, surrogate, SurrogateFeatures(surrogate),
+            total, _, x_adv = step_losses(generator, discriminator, surrogate, features,
                                           rp if cfg["loss_weights"]["adv_rp"] else None, *batch, cfg)
             total.backward()
             if cfg["lambda_gan"]:

@@ -88,3 +88,25 @@ def test_score_reports_transfer_per_attribute_against_each_zoo_models_clean_call
     assert row["fooled_zoo_a"] == 0.5 and row["fooled_transfer_a"] == 0.5  # 2 of the 4 right calls
     assert row["fooled_zoo_b"] == 0.0  # "b" never moves (its one wrong clean call does not count)
     assert row["mosr_zoo"] == 0.0 and set(data.clean_logits) == {"surrogate", "zoo"}
+
+
+def test_headline_counts_paths_and_retention_from_the_deployed_records():
+    import importlib.util
+
+    from invisible_face.params import PROJECT_ROOT
+    from invisible_face.protector import FaceRecord
+
+    spec = importlib.util.spec_from_file_location("evaluate_main", PROJECT_ROOT / "components/evaluate/main.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    record = lambda path, ms: FaceRecord(box=[], region=[], detected=True, score=1.0, ms=ms, path=path)
+    records = [record("generator", 40.0), record("generator", 50.0), record("refined", 200.0),
+               record("not_protected", 500.0)]
+    row = {"mosr": 0.8, "ssim": 0.95, "psnr": 35.0}
+    top = evaluate.headline({"invisible_face": row, "invisible_face_g_only": {**row, "mosr": 0.4}},
+                            {"invisible_face": {"mosr_after_jpeg75": 0.6, "mosr_after_resize_half": 0.8}}, records)
+    assert top["g_only_protected_share"] == 0.5 and top["path_share_refined"] == 0.25
+    assert top["protect_ms_median"] == 125.0 and top["protect_ms_median_generator"] == 45.0
+    assert top["g_only_mosr"] == 0.4 and top["protector_mosr"] == 0.8
+    assert abs(top["jpeg75_retention"] - 0.75) < 1e-9 and top["half_scale_retention"] == 1.0
+    assert "jpeg50_retention" not in top  # not measured, not reported
