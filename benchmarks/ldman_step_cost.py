@@ -20,17 +20,11 @@ import torch
 from invisible_face.data import FaceAttributes
 from invisible_face.denoiser import Denoiser
 from invisible_face.ldman import Discriminator
-from invisible_face.ldman_training import (
-    GeneratorSet,
-    SurrogateFeatures,
-    chip_masks,
-    ldman_config,
-    new_generator,
-    step_losses,
-)
+from invisible_face.ldman_training import GeneratorSet, chip_masks, ldman_config, new_generator, step_losses
 from invisible_face.losses import discriminator_loss
 from invisible_face.models import load_classifier
 from invisible_face.params import load_params
+from invisible_face.perceptual import Perceptual, SurrogateFeatures
 
 
 def main() -> None:
@@ -54,12 +48,13 @@ def main() -> None:
     rp.eval().requires_grad_(False)
     generator, discriminator = new_generator(config), Discriminator(config["d_width"])
     features = SurrogateFeatures(surrogate)
+    perceptual = Perceptual(config["perceptual"], features)
 
     def step_ms(cfg: dict) -> float:
         times = []
         for _ in range(args.repeats + 1):
             t0 = time.perf_counter()
-            total, _, x_adv = step_losses(generator, discriminator, surrogate, features,
+            total, _, x_adv = step_losses(generator, discriminator, surrogate, features, perceptual,
                                           rp if cfg["loss_weights"]["adv_rp"] else None, *batch, cfg)
             total.backward()
             if cfg["lambda_gan"]:
@@ -74,7 +69,7 @@ def main() -> None:
     print(f"batch {args.batch}, {args.threads} threads, work size {config['work_size']} px")
     print(f"{'terms':<24}{'ms/step':>10}{'extra':>10}")
     print(f"{'adv':<24}{adv_only:>10.1f}{0.0:>10.1f}")
-    for term in ("per", "nat", "sem", "adv_rp", "gan"):
+    for term in ("robust", "per", "nat", "sem", "adv_rp", "gan"):
         cfg = copy.deepcopy(base)
         if term == "gan":
             cfg["lambda_gan"] = config["lambda_gan"] or 0.02

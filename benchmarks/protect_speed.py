@@ -30,10 +30,12 @@ from PIL import Image
 import invisible_face.protector as protector_module
 from invisible_face.attacks import baseline_attack
 from invisible_face.data import sample_rows
-from invisible_face.evaluation import jpeg, predict
+from invisible_face.evaluation import predict
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.params import PROJECT_ROOT, load_params
+from invisible_face.photo_io import to_tensor
 from invisible_face.protector import PATHS, Protector
+from invisible_face.recompression import jpeg
 
 
 def time_parts(protector: Protector) -> dict[str, float]:
@@ -89,7 +91,7 @@ def main() -> None:
     test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", [args.split], args.faces, cfg["seed"])
     chips = [np.array(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
     labels = {k: torch.tensor(test[k].to_numpy()) for k in protector.config["attributes"]}
-    clean = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 255 for c in chips])
+    clean = torch.stack([to_tensor(c) for c in chips])
     print(f"{len(chips)} {args.split} faces (200x200), torch threads {torch.get_num_threads()}, "
           f"landmarks {protector.landmarks.name}, {'told the true labels' if args.known_labels else 'no labels'}, "
           f"refine {json.dumps(protector.config['refine'])}")
@@ -100,7 +102,7 @@ def main() -> None:
     results = [protector.protect_chip(c, {k: int(v[i]) for k, v in labels.items()} if args.known_labels else None)
                for i, c in enumerate(chips)]
     ours_ms = 1000 * (time.perf_counter() - start) / len(chips)
-    ours = torch.stack([torch.from_numpy(p).permute(2, 0, 1).float() / 255 for p, _ in results])
+    ours = torch.stack([to_tensor(p) for p, _ in results])
     records = [r[0] for _, r in results]
     face_ms = np.array([r.ms for r in records])
 

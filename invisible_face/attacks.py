@@ -1,5 +1,5 @@
-"""Gradient baselines adapted to several attributes (paper VI-D): FGSM, PGD, MI-FGSM, TI-FGSM and
-VMI-FGSM share one L-inf loop that descends the capped per-attribute margin of ``adversarial_loss``.
+"""Gradient baselines adapted to several attributes (paper VI-D): FGSM, PGD, MI-FGSM, TI-FGSM,
+DI-TI-FGSM and VMI-FGSM share one L-inf loop that descends the capped per-attribute margin of ``adversarial_loss``.
 
 Images B x 3 x H x W in [0, 1]; the surrogate resizes them itself, so attacks run at full resolution.
 """
@@ -8,23 +8,40 @@ from __future__ import annotations
 
 import kornia
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from invisible_face.losses import adversarial_loss
 
 
-def _loss_grad(model: nn.Module, x: torch.Tensor, labels: dict[str, torch.Tensor], kappa: float) -> torch.Tensor:
+def diverse_input(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DI-FGSM's input diversity: with probability ``prob``, resize to a random side in [H, 1.1 H)
+    and pad back to 1.1 H at a random place (differentiable). B x 3 x H x W -> B x 3 x H' x W'."""
+    if torch.rand(1, generator=generator).item() >= prob:
+        return x
+    h = x.shape[-1]
+    out = int(h * 1.1)
+    side = int(torch.randint(h, out, (1,), generator=generator))
+    left, top = (int(v) for v in torch.randint(0, out - side + 1, (2,), generator=generator))
+    x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    return F.pad(x, (left, out - side - left, top, out - side - top))
+
+
+def _loss_grad(model: nn.Module, x: torch.Tensor, labels: dict[str, torch.Tensor], kappa: float,
+               di_prob: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(adversarial_loss(model(x), labels, kappa) * len(x), x)
+    inputs = diverse_input(x, di_prob, generator) if di_prob > 0 else x
+    (grad,) = torch.autograd.grad(adversarial_loss(model(inputs), labels, kappa) * len(x), x)
     return grad
 
 
 def iterative_attack(model: nn.Module, images: torch.Tensor, labels: dict[str, torch.Tensor], epsilon: float,
                      steps: int, alpha: float, *, kappa: float = 5.0, momentum: float = 0.0,
-                     ti_sigma: float = 0.0, vmi_neighbours: int = 0, vmi_radius: float = 1.5,
+                     ti_sigma: float = 0.0, di_prob: float = 0.0, vmi_neighbours: int = 0, vmi_radius: float = 1.5,
                      mask: torch.Tensor | None = None, random_start: bool = False,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """The common loop. momentum > 0: MI-FGSM; ti_sigma > 0: TI-FGSM's Gaussian-smoothed gradient;
+    di_prob > 0: DI-FGSM's input diversity (:func:`diverse_input`);
     vmi_neighbours > 0: VMI-FGSM's variance tuning with neighbours in +-vmi_radius * epsilon.
     ``mask`` (B x 1 x H x W) restricts the perturbation to a region. -> x^A, same shape."""
     model.eval()
@@ -37,7 +54,7 @@ def iterative_attack(model: nn.Module, images: torch.Tensor, labels: dict[str, t
     variance = torch.zeros_like(images)
     for _ in range(steps):
         x = (images + delta).clamp(0, 1)
-        grad = _loss_grad(model, x, labels, kappa)
+        grad = _loss_grad(model, x, labels, kappa, di_prob, generator)
         if ti_sigma > 0:
             k = 2 * int(round(3 * ti_sigma)) + 1
             grad = kornia.filters.gaussian_blur2d(grad, (k, k), (ti_sigma, ti_sigma))
@@ -64,13 +81,15 @@ def baseline_attack(name: str, model: nn.Module, images: torch.Tensor, labels: d
                     epsilon: float, steps: int = 10, kappa: float = 5.0,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """The paper's baselines by name, with the usual settings: step epsilon/steps*1.6 for the
-    iterative ones (PGD: epsilon/4 with a random start), mu = 1, TI sigma 3 px, VMI N = 5, radius 1.5."""
+    iterative ones (PGD: epsilon/4 with a random start), mu = 1, TI sigma 3 px, DI p = 0.5, VMI N = 5,
+    radius 1.5."""
     alpha = 1.6 * epsilon / steps
     settings = {
         "fgsm": dict(steps=1, alpha=epsilon),
         "pgd": dict(steps=steps, alpha=epsilon / 4, random_start=True),
         "mifgsm": dict(steps=steps, alpha=alpha, momentum=1.0),
         "tifgsm": dict(steps=steps, alpha=alpha, momentum=1.0, ti_sigma=3.0),
+        "ditifgsm": dict(steps=steps, alpha=alpha, momentum=1.0, ti_sigma=3.0, di_prob=0.5),
         "vmifgsm": dict(steps=steps, alpha=alpha, momentum=1.0, vmi_neighbours=5, vmi_radius=1.5),
     }
     if name not in settings:

@@ -20,9 +20,11 @@ def collect(inputs: list[str]) -> list[Path]:
     return files
 
 
-def protect_files(inputs: list[str], out_dir: str, model: str, aligned: bool, report: str | None) -> int:
-    """Protect every input file into ``out_dir``; exit code 0 only if every file was protected."""
-    protector = Protector.load(model)
+def protect_files(inputs: list[str], out_dir: str, model: str, aligned: bool, report: str | None,
+                  strength: str | None = None) -> int:
+    """Protect every input file into ``out_dir`` at a ``strength`` preset (None: as exported);
+    exit code 0 only if every file was protected."""
+    protector = Protector.load(model).with_strength(strength)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from invisible_face import distributed
 from invisible_face.data import FaceAttributes
-from invisible_face.models import AttributeClassifier, build_classifier
+from invisible_face.metrics import accuracy_and_confusion
+from invisible_face.models import AttributeClassifier, build_classifier, predict, resolve_pretrained
 
 MODELS_DIR = Path("artifacts/classifiers/models")  # the classifiers stage's models out (dvc.yaml)
 
@@ -91,8 +92,10 @@ def train_loop(config: dict[str, Any]) -> None:
 
     ``config``: arch, attributes {name: n}, input_size, image_size, manifest, image_dir (absolute),
     train_splits, val_splits, epochs, batch_size (global), lr, weight_decay, flip, crop_scale,
-    channels_last, seed, optional limit (rows per dataset, a seeded sample), and for the
-    fault-tolerance test only: fail_at_epoch + fail_marker (see ``distributed.maybe_inject_failure``).
+    channels_last, seed, optional pretrained (True/False, resolved by ``train_classifier``: ImageNet
+    weights from the torch cache, ``models.resolve_pretrained``), optional limit (rows per dataset, a
+    seeded sample), and for the fault-tolerance test only: fail_at_epoch + fail_marker (see
+    ``distributed.maybe_inject_failure``).
     """
     rank, world, device = distributed.worker_context(config)
 
@@ -106,7 +109,7 @@ def train_loop(config: dict[str, Any]) -> None:
     val_batch = 2 * distributed.per_worker_batch(config["batch_size"], world)
 
     model = build_classifier(config["arch"], config["attributes"], config["input_size"],
-                             config.get("dropout", 0.0))
+                             config.get("dropout", 0.0), pretrained=config.get("pretrained", False))
     if config.get("channels_last"):  # NHWC: faster CPU training for some architectures (params)
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
@@ -147,34 +150,26 @@ def train_classifier(config: dict[str, Any], *, name: str, storage_path: str | P
                      scaling: dict[str, Any]) -> tuple[AttributeClassifier, list[dict[str, Any]]]:
     """Driver: fit ``config`` on Ray Train -> (trained model in eval mode, per-epoch metrics).
 
+    ``config["pretrained"]`` (auto | true | false, default false) is resolved here, once, against this
+    machine's torch cache, and the workers get the answer (true: they load the cached ImageNet weights);
+    the returned model's ``pretrained`` (and so its saved config) says whether they were used.
     ``scaling``: num_workers, use_gpu, cpus_per_worker, max_failures, keep_checkpoints, num_cpus
     (keys of ``distributed.fit``).
     """
+    config = {**config, "pretrained": resolve_pretrained(config["arch"], config.get("pretrained", False))}
     state = distributed.fit_state(train_loop, config, name=name, storage_path=storage_path, **scaling)
     model = build_classifier(config["arch"], config["attributes"], config["input_size"],
-                             config.get("dropout", 0.0))
+                             config.get("dropout", 0.0), pretrained=config["pretrained"], load_pretrained=False)
     model.load_state_dict(state["model"])
     return model.eval(), state["history"]
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, data: FaceAttributes, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Predicted class per attribute, {attribute: N int array}."""
-    model.eval()
-    preds: dict[str, list[np.ndarray]] = {a: [] for a in data.attributes}
-    for x, _ in DataLoader(data, batch_size=batch_size):
-        for a, logits in model(x).items():
-            preds[a].append(logits.argmax(1).numpy())
-    return {a: np.concatenate(p) for a, p in preds.items()}
 
 
 def evaluate(model: torch.nn.Module, data: FaceAttributes, n_classes: dict[str, int],
              batch_size: int = 256) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """-> ({attribute: accuracy}, {attribute: n x n confusion matrix, rows true, columns predicted})."""
-    preds = predict(model, data, batch_size)
-    accuracy, confusion = {}, {}
-    for a, p in preds.items():
-        y, n = data.labels[a].numpy(), n_classes[a]
-        accuracy[a] = float((p == y).mean())
-        confusion[a] = np.bincount(y * n + p, minlength=n * n).reshape(n, n)
-    return accuracy, confusion
+    model.eval()
+    preds = {a: [] for a in data.attributes}
+    for start in range(0, len(data), batch_size):
+        for a, p in predict(model, data.images[start:start + batch_size].float() / 255).items():
+            preds[a].append(p)
+    return accuracy_and_confusion({a: torch.cat(p) for a, p in preds.items()}, data.labels, n_classes)

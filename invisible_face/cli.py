@@ -22,12 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     protect.add_argument("--model", default="artifacts/export/protector", help="protector export (stem or .json)")
     protect.add_argument("--aligned", action="store_true", help="each image is one aligned face crop")
     protect.add_argument("--report", help="write a JSON report of every file here")
+    protect.add_argument("--strength", choices=("light", "standard", "strong"), default="standard",
+                         help="light: least visible, not checked against recompression; standard: survives a "
+                         "JPEG re-encode at quality 75; strong: survives quality 50, more visible (docs/design.md)")
 
     args = parser.parse_args(argv)
     if args.command == "protect":
         from invisible_face.batch import protect_files
 
-        return protect_files(args.inputs, args.out, args.model, args.aligned, args.report)
+        return protect_files(args.inputs, args.out, args.model, args.aligned, args.report, args.strength)
     if args.command == "ingest":
         from invisible_face.ingest import ingest_folder
 

@@ -5,24 +5,21 @@ first, as a saved photo would be.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import kornia
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-from invisible_face.identity import SAME_PERSON, IdentityEmbedder
-from invisible_face.ldman_training import SurrogateFeatures
-from invisible_face.losses import perceptual_distance
+from invisible_face.embedding_adversary import EmbeddingAdversary
+from invisible_face.identity import SAME_PERSON
 from invisible_face.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
-from invisible_face.models import AttributeClassifier
-from invisible_face.protector import to_uint8
+from invisible_face.models import AttributeClassifier, logits, predict
+from invisible_face.perceptual import Perceptual
+from invisible_face.recompression import POST_PROCESSING
 from invisible_face.refine import plausible_classes
 
 
@@ -30,8 +27,7 @@ from invisible_face.refine import plausible_classes
 class TestSet:
     images: torch.Tensor                 # N x 3 x H x W in [0, 1]
     labels: dict[str, torch.Tensor]      # attribute -> N
-    boxes: list[tuple[float, ...]]       # face box per chip (identity embeddings)
-    identity: list[np.ndarray] | None = None  # the clean chips' embeddings, computed once (see score)
+    clean_embeddings: np.ndarray | None = None  # N x 128 face embeddings of the clean chips, once (see score)
     clean_logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # model name -> its logits, once
 
     def clean_calls(self, name: str, model: AttributeClassifier) -> dict[str, torch.Tensor]:
@@ -44,18 +40,6 @@ class TestSet:
 
 def quantise(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round() / 255
-
-
-@torch.no_grad()
-def logits(model: AttributeClassifier, x: torch.Tensor, batch: int = 128) -> dict[str, torch.Tensor]:
-    """N x 3 x H x W -> {attribute: N x C}, in batches."""
-    chunks = [model(x[i:i + batch]) for i in range(0, len(x), batch)]
-    return {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
-
-
-def predict(model: AttributeClassifier, x: torch.Tensor, batch: int = 128) -> dict[str, torch.Tensor]:
-    """N x 3 x H x W -> {attribute: N predicted classes}."""
-    return {k: v.argmax(1) for k, v in logits(model, x, batch).items()}
 
 
 def truth_in_cover(clean_logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], cover: float) -> float:
@@ -81,22 +65,27 @@ def run_method(protect: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.
 
 
 def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier, zoo: dict[str, AttributeClassifier],
-          embedder: IdentityEmbedder | None) -> dict[str, Any]:
+          embed: Callable[[torch.Tensor], np.ndarray] | None, adversary: EmbeddingAdversary | None = None,
+          perceptual: Perceptual | None = None) -> dict[str, Any]:
     """Privacy, naturalness and identity figures of one method's protected test set. Transfer: each
     zoo model's MOSR, and per attribute the share of its right calls on the clean chips that
-    protection makes wrong (``fooled_<model>_<attribute>``; MOSR needs all three at once)."""
+    protection makes wrong (``fooled_<model>_<attribute>``; MOSR needs all three at once), their
+    mean over the zoo's models and attributes (``zoo_fooled_mean``); the same for the embedding
+    ``adversary`` (``embedding_adversary_*``), a black box called on the written images only.
+    ``embed``: chips -> N x 128 face embeddings (identity kept, and the adversary's input);
+    ``perceptual``: the distance reported under its ``metric_name`` (default: surrogate features)."""
     argmax = lambda calls: {k: v.argmax(1) for k, v in calls.items()}
     clean_pred, adv_pred = argmax(data.clean_calls("surrogate", surrogate)), predict(surrogate, protected)
     s = ssim(data.images, protected).mean().item()
     p = psnr(data.images, protected)
     p = p[torch.isfinite(p)].mean().item() if torch.isfinite(p).any() else float("inf")
     m = mosr(adv_pred, data.labels)
-    features = SurrogateFeatures(surrogate)
+    perceptual = perceptual or Perceptual("surrogate", surrogate)
     with torch.no_grad():
-        percep = torch.cat([perceptual_distance(features(data.images[i:i + 64]), features(protected[i:i + 64]))
+        percep = torch.cat([perceptual(data.images[i:i + 64], protected[i:i + 64])
                             for i in range(0, len(protected), 64)]).mean().item()
     row = {"mosr": m, "mosr_correct": mosr_correct(clean_pred, adv_pred, data.labels), "ssim": s, "psnr": p,
-           "h_pn": h_pn(m, s, p), "percep_surrogate": percep,
+           "h_pn": h_pn(m, s, p), perceptual.metric_name: percep, "perceptual": perceptual.name,
            **{f"mosr_{k}_attributes": v for k, v in mosr_by_count(adv_pred, data.labels).items()}}
     for name, model in zoo.items():
         zoo_pred = predict(model, protected)
@@ -109,44 +98,104 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
         row["transfer_drop"] = (m - transfer) / m if m > 0 else float("nan")
         for attribute in data.labels:
             row[f"fooled_transfer_{attribute}"] = float(np.mean([row[f"fooled_{n}_{attribute}"] for n in zoo]))
-    if embedder is not None:
-        if data.identity is None:  # the clean chips' embeddings serve every method
-            data.identity = [embedder.embed(to_uint8(a), box) for a, box in zip(data.images, data.boxes)]
-        d = [float(np.linalg.norm(embedder.embed(to_uint8(b), box) - e))
-             for b, box, e in zip(protected, data.boxes, data.identity)]
-        row["identity_distance"] = float(np.mean(d))
-        row["identity_kept"] = float(np.mean(np.array(d) < SAME_PERSON))
+        row["zoo_fooled_mean"] = float(np.mean([row[f"fooled_transfer_{a}"] for a in data.labels]))
+    if embed is None:
+        if adversary is not None:
+            raise ValueError("the embedding adversary needs the embeddings: pass embed")
+        return row
+    if data.clean_embeddings is None:  # the clean chips' embeddings serve every method
+        data.clean_embeddings = embed(data.images)
+    embeddings = embed(protected)
+    d = np.linalg.norm(embeddings - data.clean_embeddings, axis=1)
+    row["identity_distance"] = float(d.mean())
+    row["identity_kept"] = float((d < SAME_PERSON).mean())
+    if adversary is not None:
+        adv_pred = adversary.predict_embeddings(embeddings)
+        row["embedding_adversary_mosr"] = mosr(adv_pred, data.labels)
+        clean_adv = adversary.predict_embeddings(data.clean_embeddings)
+        for attribute, rate in fooled_rate(clean_adv, adv_pred, data.labels).items():
+            row[f"embedding_adversary_fooled_{attribute}"] = rate
+        row["embedding_adversary_fooled_mean"] = float(np.mean([row[f"embedding_adversary_fooled_{a}"]
+                                                                for a in data.labels]))
     return row
 
 
 # ------------------------------------------------------------------ robustness
 
 
-def jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
-    """Real JPEG round trip through PIL (4:2:0, as photo sites store)."""
-    out = []
-    for img in x:
-        buf = io.BytesIO()
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-            buf, "JPEG", quality=quality)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("RGB")).copy()).permute(2, 0, 1).float() / 255)
-    return torch.stack(out)
-
-
-TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "jpeg90": lambda x: jpeg(x, 90),
-    "jpeg75": lambda x: jpeg(x, 75),
-    "jpeg50": lambda x: jpeg(x, 50),
-    "blur": lambda x: kornia.filters.gaussian_blur2d(x, (5, 5), (1.0, 1.0)),
-    "resize_half": lambda x: F.interpolate(F.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True),
-                                           size=x.shape[-2:], mode="bilinear"),
-}
-
-
 def robustness(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier) -> dict[str, float]:
-    """Surrogate MOSR after each post-processing an image meets on its way to a platform."""
+    """Surrogate MOSR after each post-processing an image meets on its way to a platform
+    (:data:`invisible_face.recompression.POST_PROCESSING`)."""
     return {f"mosr_after_{name}": mosr(predict(surrogate, quantise(t(protected))), data.labels)
-            for name, t in TRANSFORMS.items()}
+            for name, t in POST_PROCESSING.items()}
+
+
+def robustness_table(results: dict[str, dict], robust: dict[str, dict]) -> pd.DataFrame:
+    """Surrogate MOSR before and after each post-processing, one row per method (the DnCNN column
+    where that method faced the adaptive attacker)."""
+    return pd.DataFrame({name: {"before": results[name]["mosr"],
+                                **{k.removeprefix("mosr_after_"): v for k, v in robust[name].items()
+                                   if k.startswith("mosr_after_")}}
+                         for name in robust}).T.rename_axis("method")
+
+
+def robustness_figure(table: pd.DataFrame, path) -> None:
+    """Grouped bars: per method, MOSR before and after each post-processing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(table)), 4))
+    width = 0.8 / len(table.columns)
+    for i, column in enumerate(table.columns):
+        ax.bar(np.arange(len(table)) + i * width, table[column].fillna(0), width, label=column)
+    ax.set_xticks(np.arange(len(table)) + 0.4 - width / 2, table.index, rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="surrogate MOSR", ylim=(0, 1), title="MOSR before and after what platforms do to uploads")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+FRONTIER_Y = {"embedding_adversary_mosr": "embedding adversary MOSR",
+              "embedding_adversary_fooled_mean": "embedding adversary: right calls made wrong",
+              "zoo_fooled_mean": "zoo: right calls made wrong", "mosr": "surrogate MOSR (white box)"}
+
+
+def frontier_table(results: dict[str, dict], families: dict[str, list[str]]) -> pd.DataFrame:
+    """One row per (method family, strength): PSNR, SSIM and the privacy figures of
+    :data:`FRONTIER_Y` that ``results`` holds. families: {family: [method names, weakest first]}."""
+    rows = [{"family": family, "method": name, "psnr": results[name]["psnr"], "ssim": results[name]["ssim"],
+             **{k: results[name].get(k) for k in FRONTIER_Y}}
+            for family, names in families.items() for name in names if name in results]
+    return pd.DataFrame(rows)
+
+
+def frontier_figure(table: pd.DataFrame, path) -> dict[str, list[str]]:
+    """Privacy against PSNR, one curve per method family, one panel per privacy figure present
+    -> {privacy figure: the families drawn in its panel}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ys = [k for k in FRONTIER_Y if k in table and table[k].notna().any()]
+    fig, axes = plt.subplots(1, len(ys), figsize=(4.2 * len(ys), 3.6), squeeze=False)
+    drawn: dict[str, list[str]] = {}
+    for ax, y in zip(axes[0], ys):
+        for family, rows in table.groupby("family", sort=False):
+            rows = rows.sort_values("psnr")
+            ax.plot(rows["psnr"], rows[y], marker="o", label=family)
+            drawn.setdefault(y, []).append(family)
+        ax.set(xlabel="PSNR (dB)", ylabel=FRONTIER_Y[y], ylim=(0, None))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Protection against visibility (higher and further right is better)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
 
 
 def perturbation_kde(deltas: dict[str, torch.Tensor], epsilon: float, path) -> None:

@@ -11,8 +11,11 @@ stage, so a step costs no extra backward pass):
 
 with L_adv the capped set margin the refinement also uses (no labels: G learns what the deployed
 protector does), L_per the perturbation's L2 norm, L_nat MMD + TV, L_sem the surrogate-feature
-perceptual distance + the contextual loss (named after the surrogate, never "LPIPS"), and L'_adv
-L_adv after RP (Eq. 19). Each epoch ends with the deployed path on validation chips at their own
+LPIPS when its weights are cached, else the surrogate-feature distance (invisible_face.perceptual),
++ the contextual loss on the surrogate's features, L_robust
+L_adv after a random recompression of x^A (differentiable JPEG, resize, blur: expectation over
+the transformations an upload meets), and L'_adv L_adv after RP (Eq. 19; off by default, see
+docs/design.md, "RP"). Each epoch ends with the deployed path on validation chips at their own
 resolution (``validate_generator``).
 """
 
@@ -46,35 +49,16 @@ from invisible_face.losses import (
     discriminator_loss,
     generator_gan_loss,
     mmd,
-    perceptual_distance,
     perturbation_loss,
     total_variation,
 )
 from invisible_face.metrics import fooled_all, h_pn, psnr, ssim
 from invisible_face.models import AttributeClassifier, load_classifier
+from invisible_face.perceptual import Perceptual, SurrogateFeatures
+from invisible_face.recompression import random_recompression
 from invisible_face.refine import attribute_margins, set_margin_loss
 
-LOSS_NAMES = ("adv", "per", "nat", "sem", "adv_rp")
-
-
-class SurrogateFeatures(nn.Module):
-    """Early feature maps of a ResNet surrogate at the input's own resolution (for L_sem).
-
-    forward(x: B x 3 x H x W in [0, 1]) -> [layer1 B x 64 x H/4 x W/4, layer2 B x 128 x H/8 x W/8]
-    """
-
-    def __init__(self, model: AttributeClassifier) -> None:
-        super().__init__()
-        if not hasattr(model.backbone, "layer2"):
-            raise ValueError(f"L_sem needs a ResNet surrogate, got {model.arch}")
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b = self.model.backbone
-        h = (x - self.model.mean) / self.model.std
-        h = b.maxpool(b.relu(b.bn1(b.conv1(h))))
-        f1 = b.layer1(h)
-        return [f1, b.layer2(f1)]
+LOSS_NAMES = ("adv", "robust", "per", "nat", "sem", "adv_rp")
 
 
 def chip_masks(files: list[str], landmarks: dict[str, np.ndarray], chip_size: int, size: int,
@@ -121,8 +105,8 @@ def split_sets(sets: torch.Tensor, attributes: dict[str, int]) -> dict[str, torc
 
 
 def step_losses(generator: Generator, discriminator: Discriminator, surrogate: AttributeClassifier,
-                features: SurrogateFeatures, rp: nn.Module | None, images: torch.Tensor, masks: torch.Tensor,
-                sets: torch.Tensor, direction: torch.Tensor, cfg: dict[str, Any]
+                features: SurrogateFeatures, perceptual: Perceptual, rp: nn.Module | None, images: torch.Tensor,
+                masks: torch.Tensor, sets: torch.Tensor, direction: torch.Tensor, cfg: dict[str, Any]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """-> (G's total loss, each term, the protected images for D's step)."""
     classes = split_sets(sets, cfg["attributes"])
@@ -132,6 +116,8 @@ def step_losses(generator: Generator, discriminator: Discriminator, surrogate: A
     weights = cfg["loss_weights"]
     zero = images.new_zeros(())
     terms = {"adv": set_margin_loss(surrogate(x_adv), classes, cfg["kappa"]).mean(),
+             "robust": set_margin_loss(surrogate(random_recompression(x_adv, cfg["recompression"])), classes,
+                                       cfg["kappa"]).mean() if weights["robust"] else zero,
              "per": perturbation_loss(delta) if weights["per"] else zero,
              "nat": cfg["lambda_mmd"] * mmd(images, x_adv) + cfg["lambda_tv"] * total_variation(delta)
              if weights["nat"] else zero,
@@ -140,7 +126,7 @@ def step_losses(generator: Generator, discriminator: Discriminator, surrogate: A
              "gan": generator_gan_loss(discriminator(x_adv)) if cfg["lambda_gan"] else zero}
     if weights["sem"]:
         f_clean, f_adv = features(images), features(x_adv)
-        terms["sem"] = cfg["lambda_percep"] * perceptual_distance(f_clean, f_adv).mean() + \
+        terms["sem"] = cfg["lambda_percep"] * perceptual(images, x_adv).mean() + \
             cfg["lambda_cx"] * contextual_loss(f_clean[-1], f_adv[-1], h=cfg["cx_bandwidth"])
     else:
         terms["sem"] = zero
@@ -195,6 +181,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     surrogate = load_classifier(config["surrogate"]).to(device).requires_grad_(False)
     features = SurrogateFeatures(surrogate)
+    perceptual = Perceptual(config["perceptual"], features).to(device)
     rp = None
     if config["use_rp"]:
         rp = Denoiser(config["rp_width"])
@@ -229,7 +216,7 @@ def train_loop(config: dict[str, Any]) -> None:
         for images, masks, sets, direction in tqdm(loader, desc=f"LD-MAN epoch {epoch}", disable=rank != 0,
                                                    mininterval=10, leave=False):
             with distributed.autocast(device):
-                total, terms, x_adv = step_losses(generator, discriminator, surrogate, features, rp,
+                total, terms, x_adv = step_losses(generator, discriminator, surrogate, features, perceptual, rp,
                                                   images, masks, sets, direction, config)
             opt_g.zero_grad(set_to_none=True)
             total.backward()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kornia
+import numpy as np
 import torch
 
 
@@ -72,3 +75,16 @@ def h_pn(mosr_value: float, ssim_value: float, psnr_value: float) -> float:
     if mosr_value <= 0 or s_nat <= 0:
         return 0.0
     return 2 / (1 / mosr_value + 1 / s_nat)
+
+
+def accuracy_and_confusion(preds: dict[str, Any], labels: dict[str, Any], n_classes: dict[str, int]
+                           ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """{attribute: N predicted}, {attribute: N true} -> ({attribute: accuracy}, {attribute: n x n
+    confusion matrix, rows true, columns predicted}), every classifier's test report."""
+    accuracy, confusion = {}, {}
+    for a, p in preds.items():
+        y, n = np.asarray(labels[a]), n_classes[a]
+        p = np.asarray(p)
+        accuracy[a] = float((p == y).mean())
+        confusion[a] = np.bincount(y * n + p, minlength=n * n).reshape(n, n)
+    return accuracy, confusion

@@ -12,6 +12,7 @@ The export is ``<stem>.safetensors`` (generator, surrogate and optional audit-mo
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,10 +27,13 @@ from safetensors.torch import load_file, save_file
 from invisible_face.landmarks import Face, make_backend
 from invisible_face.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.models import AttributeClassifier, build_classifier, classifier_from_state
-from invisible_face.refine import refine_perturbation, shrink_perturbation
+from invisible_face.params import deep_merge
+from invisible_face.photo_io import to_tensor, to_uint8
+from invisible_face.recompression import jpeg_differentiable, survives
+from invisible_face.refine import refine_perturbation, shape_step, shrink_perturbation
 from invisible_face.regions import rect_masks, select_region
 
-FORMAT_VERSION = 5  # 5: the conditioned low-resolution G, face masks, G-first protection
+FORMAT_VERSION = 6  # 6: the survive-JPEG stop rule, shaped refinement steps, strength presets
 PATHS = ("generator", "refined", "not_protected")
 
 
@@ -65,13 +69,15 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
         "surrogate": surrogate.config(),
         "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
         "protect": {"epsilon": lcfg["epsilon"], "min_psnr": lcfg["min_psnr"], "kappa": lcfg["kappa"],
-                    "cover": cfg["directions"]["cover"], "mask": {"kind": "face", **pcfg["mask"]}},
+                    "cover": cfg["directions"]["cover"], "mask": {"kind": "face", **pcfg["mask"]},
+                    "survive_jpeg_quality": pcfg["survive_jpeg_quality"]},
         "regions": {k: cfg["regions"][k]
                     for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
         "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": pcfg["upsample"],
                       "upsample_chip": cfg["landmarks"]["upsample"],
                       "fallback_box": cfg["landmarks"]["fallback_box"]},
         "refine": pcfg["refine"],
+        "strengths": pcfg["strengths"],
         "face_margin": pcfg["face_margin"],
         "seed": cfg["seed"],
     }
@@ -99,7 +105,8 @@ def untrained_export(stem: str | Path, cfg: dict[str, Any]) -> Path:
 
 
 class Protector:
-    """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops."""
+    """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops;
+    ``with_strength(name)`` for a strength preset."""
 
     def __init__(self, config: dict[str, Any], generator: Generator, surrogate: AttributeClassifier,
                  target: AttributeClassifier | None = None) -> None:
@@ -127,6 +134,23 @@ class Protector:
                                                        if k.startswith(f"{net}.")})
 
         return cls(config, g, classifier("surrogate"), classifier("target") if "target" in config else None)
+
+    def variant(self, override: dict[str, Any], generator: Generator | None = None) -> "Protector":
+        """The same networks (and landmark models) with ``override`` merged into the config, or another G."""
+        other = copy.copy(self)
+        other.config = deep_merge(self.config, override)
+        if generator is not None:
+            other.generator = generator.eval().requires_grad_(False)
+        return other
+
+    def with_strength(self, name: str | None) -> "Protector":
+        """The protector at a strength preset (``light`` / ``standard`` / ``strong``; None: as loaded)."""
+        if name is None:
+            return self
+        presets = self.config["strengths"]
+        if name not in presets:
+            raise ValueError(f"unknown strength {name!r}; choose one of {sorted(presets)}")
+        return self.variant(presets[name] or {})
 
     # ------------------------------------------------------------------ one face
 
@@ -177,7 +201,8 @@ class Protector:
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
         # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins)
         shrunk, logits, protected = shrink_perturbation(self.surrogate, crop[None], delta, classes,
-                                                        [*rcfg["shrink"], 1.0], rcfg["stop_margin"])
+                                                        [*rcfg["shrink"], 1.0], rcfg["stop_margin"],
+                                                        survives(pcfg["survive_jpeg_quality"]))
         if protected.all():
             delta, path = shrunk, "generator"
         else:
@@ -193,6 +218,10 @@ class Protector:
         -> (delta, perturbed box, the surrogate's logits on the result, path)."""
         rcfg, pcfg = self.config["refine"], self.config["protect"]
         _, h, w = crop.shape
+        quality = pcfg["survive_jpeg_quality"]
+        survive = survives(quality)
+        through = None if quality is None else (lambda x: jpeg_differentiable(x, quality))
+        shape = lambda g: shape_step(g, rcfg["chroma_weight"], rcfg["smooth"])
         masks = [(mask, box)]
         if rcfg["crop_fallback"]:
             masks.append((torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))))
@@ -202,7 +231,7 @@ class Protector:
                 break
             delta, fooled, logits = refine_perturbation(
                 self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
-                rcfg["stop_margin"], rcfg["shrink"])
+                rcfg["stop_margin"], rcfg["shrink"], survive, through, shape)
             if fooled.all():
                 return delta, box, logits, "refined"
         if not logits:
@@ -225,7 +254,7 @@ class Protector:
     def protect(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRecord]]:
         """Protect every face of an RGB uint8 H x W x 3 photo. No face: the photo comes back unchanged."""
         h, w = image.shape[:2]
-        out = torch.tensor(image).permute(2, 0, 1).float() / 255  # a copy: read-only arrays are fine
+        out = to_tensor(image)
         records = []
         for face in self.landmarks.detect(image):
             t0 = time.perf_counter()
@@ -248,17 +277,12 @@ class Protector:
         t0 = time.perf_counter()
         lcfg = self.config["landmarks"]
         face = self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample_chip"])
-        crop = torch.tensor(image).permute(2, 0, 1).float() / 255
+        crop = to_tensor(image)
         protected, rect, before, after, path = self.protect_face(crop, face.points, labels)
         record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
                             score=face.score, ms=1000 * (time.perf_counter() - t0), path=path,
                             predicted_before=before, predicted_after=after, **self.audit(crop, protected))
         return to_uint8(protected), [record]
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """3 x H x W in [0, 1] -> H x W x 3 uint8 (rounded, so +-eps survives quantisation)."""
-    return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 def records_as_dicts(records: list[FaceRecord]) -> list[dict[str, Any]]:

@@ -6,14 +6,23 @@ mask, stopping per face as soon as every attribute is called outside its set by 
 the mask cannot protect gets the whole crop. Early stopping keeps PSNR high; a last forward pass
 then scales the perturbation down as far as the margin allows, since the final step overshoots.
 The sets, the margins and the capped objective here are also what G trains on and is checked by.
+
+With a ``survive`` round trip (a real JPEG at the quality a face must survive,
+:func:`invisible_face.recompression.survives`) a face counts as protected only when it is protected
+both as written and after that round trip; the steps then also follow the gradient through a
+differentiable JPEG (``through``). Steps are shaped for the eye and the codec (:func:`shape_step`):
+less chroma than luminance, smooth rather than per-pixel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import kornia
 import torch
 from torch import nn
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def plausible_classes(logits: torch.Tensor, cover: float) -> torch.Tensor:
@@ -50,11 +59,37 @@ def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Te
     return attribute_margins(logits, classes).clamp(min=-cap).sum(1)
 
 
+def worst_margins(model: nn.Module, x: torch.Tensor, logits: dict[str, torch.Tensor],
+                  classes: dict[str, torch.Tensor], survive: Transform | None) -> torch.Tensor:
+    """Set margins of ``x`` (its logits given), and with ``survive`` the larger of those and the
+    margins after the round trip (no gradient through it): B x A, negative = fooled both ways."""
+    margins = attribute_margins(logits, classes)
+    if survive is not None:
+        with torch.no_grad():
+            margins = torch.maximum(margins, attribute_margins(model(survive(x.detach())), classes))
+    return margins
+
+
+def shape_step(grad: torch.Tensor, chroma_weight: float = 1.0, smooth: float = 0.0) -> torch.Tensor:
+    """A step direction people see less and JPEG keeps more: its chroma part (what is left after the
+    grey mean over channels) scaled by ``chroma_weight``, then a Gaussian blur of sigma ``smooth``
+    times the image side. B x 3 x H x W -> same."""
+    if chroma_weight != 1.0:
+        luma = grad.mean(1, keepdim=True)
+        grad = luma + chroma_weight * (grad - luma)
+    sigma = smooth * max(grad.shape[-2:])
+    if sigma >= 0.3:
+        k = 2 * int(2 * sigma + 0.5) + 1
+        grad = kornia.filters.gaussian_blur2d(grad, (k, k), (sigma, sigma))
+    return grad
+
+
 def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, classes: dict[str, torch.Tensor],
-                        scales: Sequence[float], stop_margin: float
+                        scales: Sequence[float], stop_margin: float, survive: Transform | None = None
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The smallest of ``scales`` (ascending, each < 1) times ``delta`` that still keeps every
-    attribute past the margin, in one forward pass over B x K candidates.
+    attribute past the margin (after ``survive`` too, when given), in one forward pass over B x K
+    candidates (two with ``survive``).
 
     images, delta: B x 3 x H x W -> (shrunk delta B x 3 x H x W, the model's logits on it
     {attribute: B x C}, found: B bool; where no scale works a face's entries are not to be used).
@@ -62,9 +97,10 @@ def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     b, k = len(images), len(scales)
     factor = torch.tensor(list(scales), dtype=delta.dtype).view(1, k, 1, 1, 1)
     candidates = ((images[:, None] + factor * delta[:, None]).clamp(0, 1) - images[:, None]).flatten(0, 1)
+    x = images.repeat_interleave(k, 0) + candidates
     with torch.no_grad():
-        logits = model(images.repeat_interleave(k, 0) + candidates)
-    margins = attribute_margins(logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()})
+        logits = model(x)
+    margins = worst_margins(model, x, logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()}, survive)
     ok = (margins < -stop_margin).all(1).view(b, k)
     pick = torch.arange(b) * k + ok.float().argmax(1)  # the first (smallest) working scale
     return candidates[pick], {a: v[pick] for a, v in logits.items()}, ok.any(1)
@@ -72,7 +108,8 @@ def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
 
 def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
                         classes: dict[str, torch.Tensor], epsilon: float, steps: int, step_size: float,
-                        stop_margin: float, shrink: Sequence[float] = ()
+                        stop_margin: float, shrink: Sequence[float] = (), survive: Transform | None = None,
+                        through: Transform | None = None, shape: Transform | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
@@ -84,6 +121,9 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     the summed margins (each capped just past the stop, so a fooled head stops pulling). A face
     fooled at the end is then scaled down by the smallest of ``shrink`` that keeps it fooled
     (:func:`shrink_perturbation`), taking back the last step's overshoot.
+    ``survive``: a round trip a fooled face must also survive (checked each step, no gradient);
+    ``through``: a differentiable stand-in for it whose gradient is added to each step's;
+    ``shape``: maps the gradient to the step's direction (:func:`shape_step`).
     -> (perturbation B x 3 x H x W, |.| <= epsilon * mask, inside the [0, 1] range;
         fooled: B bool, every attribute past the margin at the end;
         the model's logits on images + perturbation, {attribute: B x C}).
@@ -94,19 +134,21 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
         logits = model(images + d)
-        margins = attribute_margins(logits, classes)
-        fooled = (margins < -stop_margin).all(1)
+        fooled = (worst_margins(model, images + d, logits, classes, survive) < -stop_margin).all(1)
         if fooled.all() or step == steps:
             break
-        (grad,) = torch.autograd.grad(set_margin_loss(logits, classes, stop_margin + 0.5).sum(), d)
-        grad = grad * mask
+        loss = set_margin_loss(logits, classes, stop_margin + 0.5).sum()
+        if through is not None:
+            loss = loss + set_margin_loss(model(through(images + d)), classes, stop_margin + 0.5).sum()
+        (grad,) = torch.autograd.grad(loss, d)
+        grad = (shape(grad) if shape is not None else grad) * mask
         unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * area
         active = (~fooled).float().view(-1, 1, 1, 1)
         delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
         delta = (images + delta).clamp(0, 1) - images
     delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
     if shrink and fooled.any():
-        shrunk, shrunk_logits, found = shrink_perturbation(model, images, delta, classes, shrink, stop_margin)
+        shrunk, shrunk_logits, found = shrink_perturbation(model, images, delta, classes, shrink, stop_margin, survive)
         use = found & fooled
         delta = torch.where(use.view(-1, 1, 1, 1), shrunk, delta)
         logits = {k: torch.where(use.view(-1, 1), shrunk_logits[k], v) for k, v in logits.items()}

@@ -24,18 +24,21 @@ from invisible_face import distributed
 from invisible_face.ldman_training import LOSS_NAMES, train_loop
 
 OBJECTIVE = "val_hpn_protected"
-TUNED = tuple(n for n in LOSS_NAMES if n != "adv")  # L_adv's weight stays 1: the scale the others are set against
 
 
 def search_space(tcfg: dict[str, Any]) -> dict[str, Any]:
-    """One log-uniform weight per tuned loss term, within the params' bounds."""
-    return {f"w_{name}": tune.loguniform(*tcfg["weight_bounds"][name]) for name in TUNED}
+    """One log-uniform weight per loss term named in ``weight_bounds`` (the tuned ones; L_adv's
+    weight stays 1, the scale the others are set against)."""
+    unknown = set(tcfg["weight_bounds"]) - set(LOSS_NAMES) | ({"adv"} & set(tcfg["weight_bounds"]))
+    if unknown:
+        raise ValueError(f"tune.weight_bounds: {sorted(unknown)} cannot be tuned; choose from {LOSS_NAMES[1:]}")
+    return {f"w_{name}": tune.loguniform(*bounds) for name, bounds in tcfg["weight_bounds"].items()}
 
 
 def as_overrides(trial_config: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
     """Tune's flat sample -> the ``ldman`` keys it overrides: ``loss_weights`` by name, the
     untuned ones as in ``weights``."""
-    return {"loss_weights": {**weights, **{n: trial_config[f"w_{n}"] for n in TUNED}}}
+    return {"loss_weights": {**weights, **{k[2:]: v for k, v in trial_config.items() if k.startswith("w_")}}}
 
 
 def _trial(trial_config: dict[str, Any], base: dict[str, Any], scaling: dict[str, Any],

@@ -62,6 +62,7 @@ MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "
 logger = logging.getLogger("ray.serve")
 # a call's replica died or cannot be reached (ReplicaUnavailableError: Serve's own, where this Ray has it)
 REPLICA_GONE = (RayActorError, *[c for c in [getattr(serve_exceptions, "ReplicaUnavailableError", None)] if c])
+Strength = Literal["light", "standard", "strong"]  # the export's presets (params.yaml, protector.strengths)
 TARGET_UNAVAILABLE = {"available": False,
                       "reason": "this protector export holds no audit model (protector.audit_model)"}
 
@@ -145,23 +146,23 @@ class ProtectorModel:
         self.protect_batch.set_max_batch_size(max_batch_size)
         self.protect_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    async def protect(self, rgb: np.ndarray) -> dict[str, Any]:
-        """Protect one RGB uint8 photo -> {"rgb", "faces", "batch_size"} or {"error"}."""
-        return await self.protect_batch(rgb)
+    async def protect(self, rgb: np.ndarray, strength: str | None = None) -> dict[str, Any]:
+        """Protect one RGB uint8 photo at a strength preset -> {"rgb", "faces", "batch_size"} or {"error"}."""
+        return await self.protect_batch((rgb, strength))
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05, max_concurrent_batches=1)
-    async def protect_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        self.batch_sizes[len(images)] += 1
-        return await asyncio.to_thread(self._protect_all, images)
+    async def protect_batch(self, requests: list[tuple[np.ndarray, str | None]]) -> list[dict[str, Any]]:
+        self.batch_sizes[len(requests)] += 1
+        return await asyncio.to_thread(self._protect_all, requests)
 
-    def _protect_all(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+    def _protect_all(self, requests: list[tuple[np.ndarray, str | None]]) -> list[dict[str, Any]]:
         from invisible_face.protector import records_as_dicts
 
         results = []
-        for rgb in images:  # one failing photo must not fail the others of its batch
+        for rgb, strength in requests:  # one failing photo must not fail the others of its batch
             try:
-                out, records = self.protector.protect(np.ascontiguousarray(rgb))
-                results.append({"rgb": out, "faces": records_as_dicts(records), "batch_size": len(images)})
+                out, records = self.protector.with_strength(strength).protect(np.ascontiguousarray(rgb))
+                results.append({"rgb": out, "faces": records_as_dicts(records), "batch_size": len(requests)})
             except Exception as err:  # noqa: BLE001 - reported to that request only
                 results.append({"error": f"{type(err).__name__}: {err}"})
         return results
@@ -337,10 +338,10 @@ class Ingress:
             return result, attempt
         raise AssertionError("unreachable")
 
-    async def _protect(self, request: Request) -> tuple[Photo, dict[str, Any], bytes, str]:
+    async def _protect(self, request: Request, strength: Strength) -> tuple[Photo, dict[str, Any], bytes, str]:
         data = await self._upload(request)
         photo = await asyncio.to_thread(decode, data, self.max_pixels)
-        result, retried = await self._call_model("protect", photo.rgb)
+        result, retried = await self._call_model("protect", photo.rgb, strength)
         result["retried"] = retried
         if "error" in result:
             raise ApiError(500, f"protection failed: {result['error']}")
@@ -362,11 +363,13 @@ class Ingress:
 
     @api.post("/protect", openapi_extra=UPLOAD,
               responses={200: {"content": {"image/*": {}}, "description": "the protected photo"}})
-    async def protect(self, request: Request, format: Literal["image", "json"] = "image") -> Response:
+    async def protect(self, request: Request, format: Literal["image", "json"] = "image",
+                      strength: Strength = "standard") -> Response:
         """Protected photo in the input's format; per-face records in the ``X-Faces`` header
         (``?format=json``: one JSON object with the image in base64). ``X-Retried: 1`` when the model
-        call was sent a second time because its replica died."""
-        photo, result, encoded, media_type = await self._protect(request)
+        call was sent a second time because its replica died. ``strength``: the preset (light | standard
+        | strong, docs/design.md)."""
+        photo, result, encoded, media_type = await self._protect(request, strength)
         summary = {"status": "protected" if result["faces"] else "no_face", "faces": result["faces"]}
         retried = {"X-Retried": str(result["retried"])}
         if format == "json":
@@ -377,12 +380,12 @@ class Ingress:
             "X-Faces": json.dumps(summary), "X-Batch-Size": str(result["batch_size"]), **retried})
 
     @api.post("/analyze", openapi_extra=UPLOAD)
-    async def analyze(self, request: Request, image: bool = False) -> JSONResponse:
+    async def analyze(self, request: Request, image: bool = False, strength: Strength = "standard") -> JSONResponse:
         """Predictions per face before and after protection, of the surrogate and of the export's audit
         model (a target the protector never attacked), if it holds one (``?image=true`` adds the
         protected photo in base64)."""
         t0 = time.perf_counter()
-        photo, result, encoded, media_type = await self._protect(request)
+        photo, result, encoded, media_type = await self._protect(request, strength)
         info = await self._model_facts()
         faces = [{"box": f["box"], "region": f["region"], "detected": f["detected"], "score": f["score"],
                   "path": f["path"], "surrogate": readable_predictions(f, info["attributes"]),
@@ -391,7 +394,8 @@ class Ingress:
         body = {"status": "protected" if faces else "no_face", "faces": faces,
                 "surrogate": info["surrogate"], "target": info["target"], "attributes": info["attributes"],
                 "width": photo.rgb.shape[1], "height": photo.rgb.shape[0],
-                "batch_size": result["batch_size"], "ms": round(1000 * (time.perf_counter() - t0), 1)}
+                "strength": strength, "batch_size": result["batch_size"],
+                "ms": round(1000 * (time.perf_counter() - t0), 1)}
         if image:
             body.update(media_type=media_type, image_base64=base64.b64encode(encoded).decode())
         return JSONResponse(body, headers={"X-Retried": str(result["retried"])})

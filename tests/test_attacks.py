@@ -18,7 +18,7 @@ class Tiny(nn.Module):
         return {k: h(z) for k, h in self.heads.items()}
 
 
-@pytest.mark.parametrize("name", ["fgsm", "pgd", "mifgsm", "tifgsm", "vmifgsm"])
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "mifgsm", "tifgsm", "ditifgsm", "vmifgsm"])
 def test_baseline_raises_the_attacked_loss_within_budget(name):
     model = Tiny().eval()
     x = torch.rand(4, 3, 16, 16)

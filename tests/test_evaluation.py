@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from invisible_face.evaluation import DnCNN, purify, train_purifier
@@ -51,23 +52,36 @@ def test_truth_in_cover_counts_faces_whose_truth_the_label_free_protector_steers
     assert truth_in_cover(clean, {"a": torch.tensor([0, 0, 1, 1])}, cover=0.9) == 0.75
 
 
-def test_score_embeds_the_clean_faces_once_and_measures_identity_against_them():
+def test_score_embeds_the_clean_faces_once_and_scores_identity_and_the_embedding_adversary():
+    from invisible_face.embedding_adversary import EmbeddingAdversary
     from invisible_face.evaluation import TestSet, score
-    from invisible_face.identity import IdentityEmbedder
     from invisible_face.models import build_classifier
 
+    embedded = []
+
+    def embed(x):  # a stand-in for the face embedding: the first 128 pixel values
+        embedded.append(len(x))
+        return x.flatten(1)[:, :128].numpy()
+
     torch.manual_seed(0)
-    images = torch.rand(2, 3, 48, 48)
-    data = TestSet(images, {"a": torch.tensor([0, 1])}, [(4, 4, 44, 44)] * 2)
+    images = torch.rand(4, 3, 8, 8)
+    images[:, 0, 0, 0] = torch.tensor([0.1, 0.9, 0.2, 0.8])  # the value the adversary reads, far from its threshold
+    labels = {"a": (images.flatten(1)[:, 0] > 0.5).long()}
+    adversary = EmbeddingAdversary({"a": 2})  # reads its call off the first value, as the labels do
+    train = torch.rand(4096, 128)
+    adversary.fit(train.numpy(), {"a": (train[:, 0] > 0.5).long()}, epochs=300, lr=0.05)
+    data = TestSet(images, labels)
     model = build_classifier("resnet18", {"a": 2}, input_size=32).eval()
-    embedder = IdentityEmbedder()
-    same = score(images.clone(), data, model, {}, embedder)
-    assert data.identity is not None and len(data.identity) == 2
+    same = score(images.clone(), data, model, {}, embed, adversary)
+    assert data.clean_embeddings is not None and embedded == [4, 4]
     assert same["identity_distance"] == 0.0 and same["identity_kept"] == 1.0
-    kept, clean_calls = data.identity, data.clean_logits["surrogate"]
-    other = score(torch.rand(2, 3, 48, 48), data, model, {}, embedder)
-    assert data.identity is kept and other["identity_distance"] > 0  # reused, and a different image is farther
-    assert data.clean_logits["surrogate"] is clean_calls  # the clean calls too
+    assert same["embedding_adversary_fooled_a"] == 0.0 and same["embedding_adversary_mosr"] == 0.0
+    flipped = images.clone()
+    flipped[:, 0, 0, 0] = 1 - flipped[:, 0, 0, 0]  # every call of the adversary turns
+    other = score(flipped, data, model, {}, embed, adversary)
+    assert embedded == [4, 4, 4]  # the clean chips were embedded once
+    assert other["identity_distance"] > 0 and other["embedding_adversary_fooled_a"] == 1.0
+    assert other["embedding_adversary_mosr"] == 1.0 and other["perceptual"] == "surrogate_features"
 
 
 def test_score_reports_transfer_per_attribute_against_each_zoo_models_clean_calls():
@@ -80,7 +94,7 @@ def test_score_reports_transfer_per_attribute_against_each_zoo_models_clean_call
             return {"a": torch.stack([-z, z], 1), "b": torch.stack([torch.ones_like(z), -torch.ones_like(z)], 1)}
 
     images = torch.cat([torch.full((3, 3, 8, 8), 0.8), torch.full((1, 3, 8, 8), 0.2)])
-    data = TestSet(images, {"a": torch.tensor([1, 1, 1, 0]), "b": torch.tensor([0, 0, 1, 0])}, [])
+    data = TestSet(images, {"a": torch.tensor([1, 1, 1, 0]), "b": torch.tensor([0, 0, 1, 0])})
     darker = images.clone()
     darker[:2] = 0.2  # two of the three bright chips now read dark: "a" goes wrong on them
     surrogate = build_classifier("resnet18", {"a": 2, "b": 2}, input_size=32).eval()
@@ -110,3 +124,23 @@ def test_headline_counts_paths_and_retention_from_the_deployed_records():
     assert top["g_only_mosr"] == 0.4 and top["protector_mosr"] == 0.8
     assert abs(top["jpeg75_retention"] - 0.75) < 1e-9 and top["half_scale_retention"] == 1.0
     assert "jpeg50_retention" not in top  # not measured, not reported
+
+
+def test_frontier_has_one_curve_per_method_and_robustness_one_row_per_method(tmp_path):
+    from invisible_face.evaluation import frontier_figure, frontier_table, robustness_figure, robustness_table
+
+    row = lambda psnr, fooled: {"psnr": psnr, "ssim": 0.9, "mosr": 0.9, "zoo_fooled_mean": fooled,
+                                "embedding_adversary_mosr": fooled / 2, "embedding_adversary_fooled_mean": fooled}
+    results = {"ours_light": row(38, 0.1), "ours": row(35, 0.2), "pgd_eps4": row(36, 0.05), "pgd": row(30, 0.15)}
+    table = frontier_table(results, {"ours": ["ours_light", "ours", "missing"], "pgd": ["pgd_eps4", "pgd"]})
+    assert list(table["method"]) == ["ours_light", "ours", "pgd_eps4", "pgd"]  # methods not run are left out
+    drawn = frontier_figure(table, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 1000
+    assert drawn["embedding_adversary_mosr"] == ["ours", "pgd"] and drawn["zoo_fooled_mean"] == ["ours", "pgd"]
+
+    robust = {"ours": {"mosr_after_jpeg75": 0.5, "mosr_after_dncnn": 0.7}, "pgd": {"mosr_after_jpeg75": 0.8}}
+    table = robustness_table(results, robust)
+    assert table.loc["ours", "before"] == 0.9 and table.loc["ours", "jpeg75"] == 0.5
+    assert np.isnan(table.loc["pgd", "dncnn"])  # pgd never faced the adaptive attacker
+    robustness_figure(table, tmp_path / "robustness.png")
+    assert (tmp_path / "robustness.png").stat().st_size > 1000

@@ -21,7 +21,7 @@ from invisible_face.ldman import (
 )
 from invisible_face.ldman_training import chip_masks, train_ldman
 from invisible_face.models import build_classifier, save_classifier
-from invisible_face.protector import Protector, export_protector
+from invisible_face.protector import FORMAT_VERSION, Protector, export_protector
 from invisible_face.refine import attribute_margins, plausible_classes, set_margin_loss
 
 ATTRS = {"gender": 2, "age_bin": 5, "race": 5}
@@ -134,7 +134,7 @@ def test_two_step_fit_with_two_ray_workers(ldman_env, ray_cluster, tmp_path):
                                      scaling={"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1,
                                               "max_failures": 0, "keep_checkpoints": 1})
     assert len(history) == 1 and len(history[0]["step_losses"]) == 2
-    for key in ("adv", "per", "nat", "sem", "adv_rp", "gan", "d", "total"):
+    for key in ("adv", "robust", "per", "nat", "sem", "adv_rp", "gan", "d", "total"):
         assert np.isfinite([s[key] for s in history[0]["step_losses"]]).all(), key
     last = history[0]
     for key in ("val_protected_share", "val_mosr", "val_ssim", "val_hpn", "val_hpn_protected"):
@@ -266,7 +266,7 @@ def test_export_round_trip_of_the_conditioned_generator_gives_identical_output(l
         g.film.bias.normal_(0, 0.5)
     stem = export_protector(tmp_path / "protector", g, ldman_env["surrogate"], cfg)
     loaded = Protector.load(stem.with_suffix(".json"))
-    assert loaded.generator.config() == g.config() and loaded.config["format_version"] == 5
+    assert loaded.generator.config() == g.config() and loaded.config["format_version"] == FORMAT_VERSION
     # the loaded surrogate runs channels-last like every trained model (models.classifier_from_state)
     direct = Protector(loaded.config, g, copy.deepcopy(ldman_env["surrogate"]).to(memory_format=torch.channels_last))
     face = ldman_env["images"][:2]
@@ -295,9 +295,9 @@ def test_an_old_export_gives_a_clear_version_error(ldman_env, tmp_path):
     cfg = ldman_env["cfg"]
     stem = export_protector(tmp_path / "p", small_generator(cfg), ldman_env["surrogate"], cfg)
     config = json.loads(stem.with_suffix(".json").read_text())
-    config["format_version"] = 4
+    config["format_version"] = FORMAT_VERSION - 1
     stem.with_suffix(".json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"format 4.*reads 5"):
+    with pytest.raises(ValueError, match=rf"format {FORMAT_VERSION - 1}.*reads {FORMAT_VERSION}"):
         Protector.load(stem)
 
 
@@ -316,7 +316,7 @@ def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, 
     import mlflow
 
     from invisible_face.tracking import setup_mlflow, tracking_uri
-    from invisible_face.tuning import OBJECTIVE, TUNED, tune_weights
+    from invisible_face.tuning import OBJECTIVE, tune_weights
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = setup_mlflow("tune", root=tmp_path)
@@ -328,8 +328,9 @@ def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, 
         best, trials = tune_weights(base, tcfg, scaling, tmp_path / "ray", tracking, seed=0)
     assert len(trials) == 2 and trials[OBJECTIVE].notna().all() and trials["val_protected_share"].notna().all()
     weights = best["loss_weights"]
-    assert set(weights) == {"adv", *TUNED} and weights["adv"] == base["loss_weights"]["adv"]
-    for name in TUNED:
+    tuned = tcfg["weight_bounds"]
+    assert set(weights) == set(base["loss_weights"]) and weights["adv"] == base["loss_weights"]["adv"]
+    for name in tuned:
         low, high = tcfg["weight_bounds"][name]
         assert low <= weights[name] <= high, name
     assert weights["per"] in set(trials["w_per"])  # the best is one of the trials

@@ -1,8 +1,10 @@
 """evaluate stage: the protector against the baselines on the test split, logged to MLflow.
 
-Outputs (artifacts/evaluate/): metrics.json (per method), results.csv, transfer.csv (method x
-model MOSR), robustness.csv, grid_<method>.png, perturbation_kde.png, report.md (beside the
-paper's Tables I, II, V, VI and IX).
+Outputs (artifacts/evaluate/): metrics.json (the headline figures, then per method), results.csv,
+transfer.csv (method x model MOSR), robustness.csv + robustness.png (MOSR after each post-processing,
+every method), frontier.csv + frontier.png (the adversaries' MOSR against PSNR at several strengths of
+each method), grid_<method>.png, perturbation_kde.png, report.md (beside the paper's Tables I, II, V,
+VI and IX).
 """
 
 from __future__ import annotations
@@ -19,24 +21,30 @@ import torch
 from invisible_face.attacks import baseline_attack
 from invisible_face.classifiers import attribute_sizes, classifier_path, surrogate_path
 from invisible_face.data import FaceAttributes
+from invisible_face.embedding_adversary import EmbeddingAdversary, chip_embeddings
 from invisible_face.evaluation import (
     TestSet,
+    frontier_figure,
+    frontier_table,
     perturbation_kde,
     predict,
     purify,
     quantise,
     robustness,
+    robustness_figure,
+    robustness_table,
     run_method,
     score,
     train_purifier,
     truth_in_cover,
 )
-from invisible_face.identity import IdentityEmbedder
 from invisible_face.ldman import Generator
 from invisible_face.metrics import mosr
 from invisible_face.models import load_classifier
-from invisible_face.params import deep_merge, load_params
-from invisible_face.protector import PATHS, Protector, protection_grid, to_uint8
+from invisible_face.params import load_params
+from invisible_face.perceptual import Perceptual
+from invisible_face.photo_io import to_tensor, to_uint8
+from invisible_face.protector import PATHS, Protector, protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
 
 PAPER = {  # UTKFace, ResNet-18 (Tables I, II, V, VI); "-" where the paper gives no figure
@@ -58,7 +66,7 @@ def protector_method(protector: Protector, known_labels: bool = False, records: 
         for i, img in enumerate(images):
             rgb, recs = protector.protect_chip(to_uint8(img), {k: int(v[i]) for k, v in labels.items()}
                                                if known_labels else None)
-            out.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+            out.append(to_tensor(rgb))
             if records is not None:
                 records.extend(recs)
         return torch.stack(out)
@@ -69,34 +77,26 @@ def protector_method(protector: Protector, known_labels: bool = False, records: 
 # name -> (config overrides, whether it is told the true labels)
 VARIANTS = {
     "invisible_face_known_labels": ({}, True),
-    # G alone: its one pass, no refinement fallback (the paper's inference)
+    # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
     "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
+    # the stop rule without the survive-JPEG check (the deployed one before it)
+    "invisible_face_no_survive": ({"protect": {"survive_jpeg_quality": None}}, False),
     # Algorithm 1's rectangle as the mask instead of the feathered face mask
     "invisible_face_region": ({"protect": {"mask": {"kind": "region"}}}, False),
     # Table V: the whole crop
     "invisible_face_full_region": ({"protect": {"mask": {"kind": "crop"}}}, False),
-    # a larger logit margin before a face counts as protected: robustness to JPEG for PSNR
-    "invisible_face_margin_3": ({"refine": {"stop_margin": 3.0}}, False),
 }
+STRENGTHS = ("light", "strong")  # the presets beside the deployed default (standard): invisible_face_<preset>
 
+# The costlier few that also face the adaptive attacker (a DnCNN trained on 200 chips each protects)
+ADAPTIVE = ("invisible_face", "pgd")
 
-# Methods whose robustness to post-processing is measured, and the costlier few that also face the
-# adaptive attacker (a DnCNN trained on 200 chips each protects)
-ROBUSTNESS = ("invisible_face", "invisible_face_margin_3", "invisible_face_no_rp", "pgd")
-ADAPTIVE = ("invisible_face", "invisible_face_no_rp", "pgd")
-
-
-# The without-RP ablation (Table VI): G retrained without L'_adv (ablation stage), run as the
+# The L_robust ablation: G retrained without its recompression term (ablation stage), run as the
 # deployed protector and as G alone.
-WITHOUT_RP = {
-    "invisible_face_no_rp": {},
-    "invisible_face_g_only_no_rp": VARIANTS["invisible_face_g_only"][0],
+WITHOUT_ROBUST = {
+    "invisible_face_no_robust": {},
+    "invisible_face_g_only_no_robust": VARIANTS["invisible_face_g_only"][0],
 }
-
-
-def variant(protector: Protector, override: dict, generator: Generator | None = None) -> Protector:
-    return Protector(deep_merge(protector.config, override), generator or protector.generator, protector.surrogate,
-                     protector.target)
 
 
 def load_generator(path: str, protector: Protector) -> Generator:
@@ -116,37 +116,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", default="artifacts/export/protector")
-    parser.add_argument("--without-rp", default="artifacts/ablation/generator.pt", help="G of the without-RP ablation")
+    parser.add_argument("--ablation", default="artifacts/ablation/generator.pt", help="G of the L_robust ablation")
     parser.add_argument("--out", default="artifacts/evaluate")
     args = parser.parse_args()
 
     cfg = load_params(args.params)
     ecfg = cfg["evaluate"]
     faces = chips_of(cfg, "test", ecfg["test_images"])
-    marks = np.load("artifacts/landmarks/landmarks.npz")
-    box_of = dict(zip(marks["files"].tolist(), marks["box"].tolist()))
-    data = TestSet(faces.images.float() / 255, dict(faces.labels), [tuple(box_of[f]) for f in faces.table["file"]])
+    data = TestSet(faces.images.float() / 255, dict(faces.labels))
     surrogate = load_classifier(surrogate_path(cfg))
     zoo = {m["name"]: load_classifier(classifier_path(m["name"])) for m in cfg["classifiers"]["zoo"]}
-    embedder = IdentityEmbedder() if ecfg["identity"] else None
+    # face embeddings of the written images: identity kept, and the embedding adversary's input (a black
+    # box: the protector never calls it)
+    embed = lambda x: chip_embeddings(x, cfg["landmarks"]["fallback_box"])
+    adversary = EmbeddingAdversary.load(classifier_path(cfg["classifiers"]["embedding_adversary"]["name"]))
+    perceptual = Perceptual("auto", surrogate)  # LPIPS when its backbone is cached; which ran is in metrics
     protector = Protector.load(args.model)
     epsilon = cfg["ldman"]["epsilon"]
 
     deployed_records: list = []  # the deployed protector's per-face records (path, ms)
     methods = {"invisible_face": protector_method(protector, records=deployed_records)}
+    for preset in STRENGTHS:
+        methods[f"invisible_face_{preset}"] = protector_method(protector.with_strength(preset))
     for name, (override, known_labels) in VARIANTS.items():
-        methods[name] = protector_method(variant(protector, override), known_labels)
-    generator_no_rp = load_generator(args.without_rp, protector)
-    for name, override in WITHOUT_RP.items():
-        methods[name] = protector_method(variant(protector, override, generator_no_rp))
-    for name in ecfg["baselines"]:
-        methods[name] = lambda x, y, n=name: baseline_attack(n, surrogate, x, y, epsilon, ecfg["baseline_steps"],
-                                                           cfg["ldman"]["kappa"])
+        methods[name] = protector_method(protector.variant(override), known_labels)
+    generator_ablation = load_generator(args.ablation, protector)
+    for name, override in WITHOUT_ROBUST.items():
+        methods[name] = protector_method(protector.variant(override, generator_ablation))
+    # the baselines at the common budget, and at smaller ones for the frontier (<name>_eps<k>: k/255)
+    budgets = {name: epsilon for name in ecfg["baselines"]}
+    fcfg = ecfg["frontier"]
+    budgets |= {f"{name}_eps{k}": k / 255 for name in fcfg["baselines"] for k in fcfg["epsilons"]
+                if abs(k / 255 - epsilon) > 1e-6}
+    for name, budget in budgets.items():
+        methods[name] = lambda x, y, n=name.split("_eps")[0], e=budget: baseline_attack(
+            n, surrogate, x, y, e, ecfg["baseline_steps"], cfg["ldman"]["kappa"])
     # the adaptive attacker's own photos: chips of the adversary's split
-    adversary = chips_of(cfg, "target_train", ecfg["adaptive"]["train_images"]).images.float() / 255
+    adaptive_chips = chips_of(cfg, "target_train", ecfg["adaptive"]["train_images"]).images.float() / 255
     # the adversary protects its own photos with the same public method; it sees no labels of them,
     # so the baselines attack the surrogate's own calls
-    adversary_calls = predict(surrogate, adversary)
+    adaptive_calls = predict(surrogate, adaptive_chips)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, robust, deltas = {}, {}, {}
@@ -155,21 +164,29 @@ def main() -> None:
         protected, ms = run_method(protect, data)
         if name == "invisible_face":  # the test chips' records, before the adaptive attacker's chips add theirs
             test_records = list(deployed_records)
-        results[name] = {**score(protected, data, surrogate, zoo, embedder), "ms_per_image": ms}
-        if name in ROBUSTNESS:
-            robust[name] = robustness(protected, data, surrogate)
+        results[name] = {**score(protected, data, surrogate, zoo, embed, adversary, perceptual), "ms_per_image": ms}
+        robust[name] = robustness(protected, data, surrogate)
         if name in ADAPTIVE:
             print(f"evaluate: adaptive DnCNN attacker against {name}", flush=True)
-            pairs, _ = run_method(protect, TestSet(adversary, adversary_calls, []))
-            purifier = train_purifier(pairs, adversary, ecfg["adaptive"], cfg["seed"])
+            pairs, _ = run_method(protect, TestSet(adaptive_chips, adaptive_calls))
+            purifier = train_purifier(pairs, adaptive_chips, ecfg["adaptive"], cfg["seed"])
             purified = quantise(purify(purifier, protected))
             robust[name]["mosr_after_dncnn"] = mosr(predict(surrogate, purified), data.labels)
             for zoo_name, model in zoo.items():
                 robust[name][f"mosr_{zoo_name}_after_dncnn"] = mosr(predict(model, purified), data.labels)
-        deltas[name] = protected - data.images
-        protection_grid(data.images[: ecfg["grid_images"]], protected[: ecfg["grid_images"]], out / f"grid_{name}.png")
+        if "_eps" not in name:
+            deltas[name] = protected - data.images
+            protection_grid(data.images[: ecfg["grid_images"]], protected[: ecfg["grid_images"]],
+                            out / f"grid_{name}.png")
     perturbation_kde({k: v for k, v in deltas.items() if not k.startswith("invisible_face_")}, epsilon,
                      out / "perturbation_kde.png")
+    families = {"invisible_face": [f"invisible_face_{p}" if p != "standard" else "invisible_face"
+                                   for p in ("light", "standard", "strong")]}
+    families |= {b: sorted((n for n in budgets if n.split("_eps")[0] == b), key=budgets.get)
+                 for b in fcfg["baselines"]}
+    frontier = frontier_table(results, families)
+    frontier.to_csv(out / "frontier.csv", index=False)
+    frontier_figure(frontier, out / "frontier.png")
 
     # how far label-free protection can go with this surrogate: see truth_in_cover
     results["invisible_face"]["truth_in_cover"] = truth_in_cover(data.clean_calls("surrogate", surrogate), data.labels,
@@ -180,7 +197,9 @@ def main() -> None:
     stability = table[[c for c in table.columns if c.endswith("_attributes")]]
     stability.columns = [int(c.split("_")[1]) for c in stability.columns]
     stability.T.rename_axis("attributes").to_csv(out / "stability.csv")
-    pd.DataFrame(robust).T.to_csv(out / "robustness.csv")
+    robust_table = robustness_table(results, robust)
+    robust_table.to_csv(out / "robustness.csv")
+    robustness_figure(robust_table, out / "robustness.png")
     metrics = {name: {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
                for name, row in results.items()}
     for name, row in robust.items():
@@ -188,8 +207,8 @@ def main() -> None:
     top = headline(results, robust, test_records)
     metrics = {**top, **metrics}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "report.md").write_text(render_report(results, robust, len(data.images), list(zoo), list(data.labels),
-                                                   top))
+    (out / "report.md").write_text(render_report(results, robust_table, frontier, len(data.images), list(zoo),
+                                                   list(data.labels), top))
 
     setup_mlflow("evaluate")
     with mlflow.start_run(run_name="evaluate", tags=run_tags()):
@@ -219,29 +238,37 @@ def headline(results: dict, robust: dict, records: list) -> dict[str, float]:
         # the generator path's share is G's protected share under the deployed stop rule
         out["g_only_protected_share" if path == "generator" else f"path_share_{path}"] = len(taken) / len(records)
         out[f"protect_ms_median_{path}"] = float(np.median(taken)) if taken else None
+    for key in ("lpips", "percep_surrogate", "perceptual", "zoo_fooled_mean", "embedding_adversary_mosr"):
+        if key in p:
+            out[key] = p[key]
+    out |= {k: v for k, v in p.items() if k.startswith("embedding_adversary_fooled_")}
     after = robust.get("invisible_face", {})
-    for key, column in (("jpeg75", "jpeg75"), ("jpeg50", "jpeg50"), ("half_scale", "resize_half"), ("dncnn", "dncnn")):
-        if f"mosr_after_{column}" in after and p["mosr"] > 0:
+    for column in [c.removeprefix("mosr_after_") for c in after if c.startswith("mosr_after_")]:
+        if p["mosr"] > 0:
+            key = "half_scale" if column == "resize_half" else column
             out[f"{key}_retention"] = after[f"mosr_after_{column}"] / p["mosr"]
     return out
 
 
-def render_report(results: dict, robust: dict, n: int, zoo: list[str], attributes: list[str], top: dict) -> str:
+def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFrame, n: int, zoo: list[str],
+                  attributes: list[str], top: dict) -> str:
     fmt = lambda v, p=3: "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{p}f}"
     lines = [f"# Evaluation on {n} test chips (surrogate ResNet-18 white-box, zoo: {', '.join(zoo) or 'none'})", "",
              "## The deployed protector and G alone (label-free)", "",
              "| figure | value |", "|---|---|",
              *(f"| {k} | {fmt(v)} |" for k, v in top.items()), "",
              "Ours are measured by `dvc repro evaluate`; the paper's figures (UTKFace, ResNet-18) are beside them.", "",
-             "| method | MOSR | MOSR_correct | SSIM | PSNR | H-PN | transfer MOSR | identity kept | ms/img "
-             "| paper MOSR / SSIM / PSNR |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | MOSR | MOSR_correct | SSIM | PSNR | H-PN | transfer MOSR | zoo fooled | embedding adversary "
+             "MOSR / fooled | identity kept | ms/img | paper MOSR / SSIM / PSNR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         p = PAPER.get(name)
         paper = f"{p['mosr']:.3f} / {p['ssim']:.2f} / {p['psnr']:.2f}" if p else "-"
         lines.append(f"| {name} | {fmt(r['mosr'])} | {fmt(r['mosr_correct'])} | {fmt(r['ssim'])} | "
                      f"{fmt(r['psnr'], 2)} | "
-                     f"{fmt(r['h_pn'])} | {fmt(r.get('mosr_transfer_mean'))} | {fmt(r.get('identity_kept'))} | "
+                     f"{fmt(r['h_pn'])} | {fmt(r.get('mosr_transfer_mean'))} | {fmt(r.get('zoo_fooled_mean'))} | "
+                     f"{fmt(r.get('embedding_adversary_mosr'))} / {fmt(r.get('embedding_adversary_fooled_mean'))} | "
+                     f"{fmt(r.get('identity_kept'))} | "
                      f"{fmt(r['ms_per_image'], 1)} | {paper} |")
     cap = results["invisible_face"].get("truth_in_cover")
     if cap is not None:
@@ -250,7 +277,6 @@ def render_report(results: dict, robust: dict, n: int, zoo: list[str], attribute
                   "already calls an attribute wrongly and a label-free protector moves it "
                   "(for gender, onto the truth),",
                   "so MOSR without labels stays near this share however strong the perturbation."]
-    columns = list(robust.get("invisible_face", next(iter(robust.values()), {})))
     lines += ["", "Transfer drop (white-box MOSR to mean zoo MOSR, relative): "
               + ", ".join(f"{k} {fmt(r.get('transfer_drop'))}" for k, r in results.items())
               + " (paper: 17.2 % for Invisible-Face, over 50 % for the baselines).", "",
@@ -260,15 +286,26 @@ def render_report(results: dict, robust: dict, n: int, zoo: list[str], attribute
               "MOSR on a model needs all of them at once. "
               "`benchmarks/transfer_ceiling.py` measures how far attacks made",
               "for transfer move these models.", "",
-              "| method | " + " | ".join(zoo) + " | mean |", "|---|" + "---|" * (len(zoo) + 1)]
+              "| method | " + " | ".join(zoo) + " | zoo mean | embedding adversary |",
+              "|---|" + "---|" * (len(zoo) + 2)]
     for name, r in results.items():
-        cells = [" / ".join(fmt(r.get(f"fooled_{m}_{a}"), 2) for a in attributes) for m in [*zoo, "transfer"]]
+        cells = [" / ".join(fmt(r.get(f"fooled_{m}_{a}"), 2) for a in attributes)
+                 for m in [*zoo, "transfer", "embedding_adversary"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "The embedding adversary: attribute heads on dlib's pretrained face-recognition embedding, trained",
+              "on the adversary's split; the protector never calls it (a black box, scored on the written images).", "",
+              "## Privacy against visibility (frontier.png)", "",
+              "| family | method | PSNR | SSIM | surrogate MOSR | zoo fooled | embedding adversary MOSR / fooled |",
+              "|---|---|---|---|---|---|---|"]
+    for _, r in frontier.iterrows():
+        lines.append(f"| {r['family']} | {r['method']} | {fmt(r['psnr'], 2)} | {fmt(r['ssim'])} | {fmt(r['mosr'])} | "
+                     f"{fmt(r['zoo_fooled_mean'])} | {fmt(r['embedding_adversary_mosr'])} / "
+                     f"{fmt(r['embedding_adversary_fooled_mean'])} |")
     lines += ["",
-              "## Robustness (surrogate MOSR after post-processing)", "",
-              "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, r in robust.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
+              "## Robustness (surrogate MOSR before and after post-processing, robustness.png)", "",
+              "| method | " + " | ".join(robust_table.columns) + " |", "|---|" + "---|" * len(robust_table.columns)]
+    for name, r in robust_table.iterrows():
+        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in r.tolist()) + " |")
     counts = sorted(int(c.split("_")[1]) for c in next(iter(results.values())) if c.endswith("_attributes"))
     paper_ix = ", ".join(f"{k} {v:.3f}" for k, v in PAPER_DENOISED.items())
     lines += ["", "`mosr_after_dncnn`: the adaptive attacker of Table IX, a DnCNN trained on (protected -> clean)",
@@ -283,9 +320,10 @@ def render_report(results: dict, robust: dict, n: int, zoo: list[str], attribute
     lines += ["", "Variants are inference-time switches on the same trained G: `_known_labels` is told each face's",
               "true attributes (the baselines always are); `_g_only` is G's one pass without the refinement",
               "fallback (the paper's inference); `_region` perturbs Algorithm 1's rectangle instead of the feathered",
-              "face mask; `_full_region` the whole crop (Table V); `_margin_3` counts a face protected at a logit",
-              "margin of 3 instead of the deployed one. `_no_rp` and `_g_only_no_rp` use a G retrained without RP",
-              "(the `ablation` stage, Table VI), run as deployed and alone."]
+              "face mask; `_full_region` the whole crop (Table V); `_no_survive` drops the survive-JPEG check from",
+              "the stop rule; `_light` and `_strong` are the strength presets. `_no_robust` and `_g_only_no_robust`",
+              "use a G retrained without L_robust (the `ablation` stage), run as deployed and alone.",
+              "`<baseline>_eps<k>`: the baseline at a budget of k/255 (the frontier)."]
     return "\n".join(lines) + "\n"
 
 

@@ -32,13 +32,15 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="JSON file with the tuned loss_weights (tune stage)")
     parser.add_argument("--out", default="artifacts/train")
     parser.add_argument("--run-name", default="ldman")
-    parser.add_argument("--without-rp", action="store_true",
-                        help="the without-RP ablation (paper Table VI): L'_adv off, everything else the same")
+    parser.add_argument("--without", metavar="LOSS", action="append", default=[],
+                        help="an ablation: this loss term's weight set to 0, everything else the same (repeatable)")
     args = parser.parse_args()
 
     cfg = with_tuned_weights(load_params(args.params), args.weights)
-    if args.without_rp:
-        cfg["ldman"]["use_rp"] = False
+    for name in args.without:
+        if name not in cfg["ldman"]["loss_weights"]:
+            parser.error(f"--without {name}: no such loss; choose from {sorted(cfg['ldman']['loss_weights'])}")
+        cfg["ldman"]["loss_weights"][name] = 0.0
     config = ldman_config(cfg)
     setup_mlflow("ldman")
     out = Path(args.out)
