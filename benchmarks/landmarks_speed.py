@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from invisible_face.landmarks import fan_weights_path, make_backend
+from invisible_face.data.landmarks import fan_weights_path, make_backend
 from invisible_face.params import PROJECT_ROOT, load_params
 
 

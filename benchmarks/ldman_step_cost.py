@@ -17,14 +17,14 @@ import time
 import numpy as np
 import torch
 
-from invisible_face.data import FaceAttributes
-from invisible_face.denoiser import Denoiser
-from invisible_face.ldman import Discriminator
-from invisible_face.ldman_training import GeneratorSet, chip_masks, ldman_config, new_generator, step_losses
-from invisible_face.losses import discriminator_loss
-from invisible_face.models import load_classifier
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.method.denoiser import Denoiser
+from invisible_face.method.ldman import Discriminator
+from invisible_face.method.ldman_training import GeneratorSet, chip_masks, ldman_config, new_generator, step_losses
+from invisible_face.method.losses import discriminator_loss
+from invisible_face.models.networks import load_classifier
+from invisible_face.models.perceptual import Perceptual, SurrogateFeatures
 from invisible_face.params import load_params
-from invisible_face.perceptual import Perceptual, SurrogateFeatures
 
 
 def main() -> None:

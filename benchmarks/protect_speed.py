@@ -27,15 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-import invisible_face.protector as protector_module
-from invisible_face.attacks import baseline_attack
-from invisible_face.data import sample_rows
-from invisible_face.evaluation import predict
-from invisible_face.metrics import mosr, psnr, ssim
+import invisible_face.protect.protector as protector_module
+from invisible_face.data.faces import sample_rows
+from invisible_face.evaluate.attacks import baseline_attack
+from invisible_face.evaluate.evaluation import predict
+from invisible_face.evaluate.metrics import mosr, psnr, ssim
+from invisible_face.method.recompression import jpeg
 from invisible_face.params import PROJECT_ROOT, load_params
-from invisible_face.photo_io import to_tensor
-from invisible_face.protector import PATHS, Protector
-from invisible_face.recompression import jpeg
+from invisible_face.protect.photo_io import to_tensor
+from invisible_face.protect.protector import PATHS, Protector
 
 
 def time_parts(protector: Protector) -> dict[str, float]:

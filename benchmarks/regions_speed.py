@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
-from invisible_face.data import load_image
-from invisible_face.models import build_classifier, load_classifier
+from invisible_face.data.faces import load_image
+from invisible_face.method.regions import select_region
+from invisible_face.models.networks import build_classifier, load_classifier
 from invisible_face.params import PROJECT_ROOT, load_params
-from invisible_face.regions import select_region
 
 
 def run(model, images, points, cfg, seed: int, chunk: int) -> tuple[float, list]:

@@ -148,7 +148,7 @@ def main() -> None:
     from ray import serve
 
     from invisible_face.params import load_params
-    from invisible_face.protector import untrained_export
+    from invisible_face.protect.protector import untrained_export
 
     os.chdir(ROOT)  # Ray workers import serving.app from the driver's directory
     ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else os.cpu_count(), include_dashboard=False,

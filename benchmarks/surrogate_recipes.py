@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from invisible_face.data import FaceAttributes
-from invisible_face.models import build_classifier
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.models.networks import build_classifier
 from invisible_face.params import PROJECT_ROOT, load_params
 
 RECIPES: dict[str, dict] = {  # overrides of BASE

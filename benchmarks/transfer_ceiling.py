@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invisible_face.attacks import baseline_attack
-from invisible_face.classifiers import attribute_sizes, train_classifier
-from invisible_face.data import FaceAttributes
-from invisible_face.evaluation import predict
-from invisible_face.metrics import mosr
-from invisible_face.models import AttributeClassifier, load_classifier, save_classifier
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.evaluate.attacks import baseline_attack
+from invisible_face.evaluate.evaluation import predict
+from invisible_face.evaluate.metrics import mosr
+from invisible_face.models.classifiers import attribute_sizes, train_classifier
+from invisible_face.models.networks import AttributeClassifier, load_classifier, save_classifier
 from invisible_face.params import PROJECT_ROOT, load_params
 
 SCALING_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "num_cpus")

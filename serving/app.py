@@ -53,7 +53,15 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from invisible_face.params import PROJECT_ROOT
-from invisible_face.photo_io import FORMATS, Photo, PhotoError, PhotoTooLarge, PhotoUnsupported, read_photo, write_photo
+from invisible_face.protect.photo_io import (
+    FORMATS,
+    Photo,
+    PhotoError,
+    PhotoTooLarge,
+    PhotoUnsupported,
+    read_photo,
+    write_photo,
+)
 
 SERVING_DIR = Path(__file__).resolve().parent
 CONFIG_PATH = SERVING_DIR / "config.yaml"
@@ -116,7 +124,7 @@ class ProtectorModel:
 
     def __init__(self, model: str, mlflow_tracking_uri: str | None, max_batch_size: int,
                  batch_wait_timeout_s: float) -> None:
-        from invisible_face.protector import Protector
+        from invisible_face.protect.protector import Protector
 
         self.source = model
         self.protector = Protector.load(resolve_model(model, mlflow_tracking_uri))
@@ -156,7 +164,7 @@ class ProtectorModel:
         return await asyncio.to_thread(self._protect_all, requests)
 
     def _protect_all(self, requests: list[tuple[np.ndarray, str | None]]) -> list[dict[str, Any]]:
-        from invisible_face.protector import records_as_dicts
+        from invisible_face.protect.protector import records_as_dicts
 
         results = []
         for rgb, strength in requests:  # one failing photo must not fail the others of its batch

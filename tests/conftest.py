@@ -78,7 +78,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_protector(tmp_path_factory, params) -> Path:
     """An export of untrained networks (fast): for I/O behaviour, never for protection quality."""
-    from invisible_face.protector import untrained_export
+    from invisible_face.protect.protector import untrained_export
 
     return untrained_export(tmp_path_factory.mktemp("export") / "protector", params)
 

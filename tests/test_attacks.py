@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from invisible_face.attacks import baseline_attack
-from invisible_face.losses import adversarial_loss
+from invisible_face.evaluate.attacks import baseline_attack
+from invisible_face.method.losses import adversarial_loss
 
 
 class Tiny(nn.Module):

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from invisible_face import distributed
-from invisible_face.classifiers import (
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.models import distributed
+from invisible_face.models.classifiers import (
     MODELS_DIR,
     classifier_path,
     evaluate,
@@ -20,8 +21,7 @@ from invisible_face.classifiers import (
     surrogate_path,
     train_classifier,
 )
-from invisible_face.data import FaceAttributes
-from invisible_face.models import ARCHS, build_classifier, load_classifier, save_classifier
+from invisible_face.models.networks import ARCHS, build_classifier, load_classifier, save_classifier
 
 ATTRS = {"gender": 2, "age_bin": 5, "race": 5}
 SCALING = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0,

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import SHARED
-from invisible_face.cli import main
+from invisible_face.protect.cli import main
 
 PHOTOS = SHARED / "photos"
 

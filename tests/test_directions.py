@@ -2,8 +2,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invisible_face.directions import pack_signs, set_direction, unpack_signs
-from invisible_face.refine import plausible_classes, set_margin_loss
+from invisible_face.method.directions import pack_signs, set_direction, unpack_signs
+from invisible_face.method.refine import plausible_classes, set_margin_loss
 
 
 class ToyModel(nn.Module):

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import SHARED
-from invisible_face import embedding_adversary as ea
-from invisible_face.classifiers import classifier_path
-from invisible_face.embedding_adversary import EmbeddingAdversary, chip_embeddings
-from invisible_face.identity import SAME_PERSON
+from invisible_face.models import embedding_adversary as ea
+from invisible_face.models.classifiers import classifier_path
+from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
+from invisible_face.models.identity import SAME_PERSON
 
 PHOTOS = SHARED / "photos"
 BOX = (0.075, 0.075, 0.97, 0.97)  # params landmarks.fallback_box
@@ -98,8 +98,8 @@ def test_predict_images_embeds_then_predicts(tmp_path):
 
 
 def test_protection_never_touches_the_embedding_adversary(monkeypatch, tiny_protector):
-    from invisible_face.identity import IdentityEmbedder
-    from invisible_face.protector import Protector
+    from invisible_face.models.identity import IdentityEmbedder
+    from invisible_face.protect.protector import Protector
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the protector used the embedding adversary")

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from invisible_face.evaluation import DnCNN, purify, train_purifier
+from invisible_face.evaluate.evaluation import DnCNN, purify, train_purifier
 
 
 def test_purifier_learns_to_undo_a_perturbation():
@@ -23,7 +23,7 @@ def test_dncnn_keeps_shape_and_range():
 def test_sample_rows_is_a_seeded_nested_sample_not_the_first_rows():
     import pandas as pd
 
-    from invisible_face.data import sample_rows
+    from invisible_face.data.faces import sample_rows
 
     # names sort by age, as UTKFace's do: the first rows in file order are the youngest
     table = pd.DataFrame({"file": [f"{age:03d}_0_0.jpg" for age in range(100)], "split": ["test"] * 100})
@@ -36,7 +36,7 @@ def test_sample_rows_is_a_seeded_nested_sample_not_the_first_rows():
 
 
 def test_truth_in_cover_counts_faces_whose_truth_the_label_free_protector_steers_from():
-    from invisible_face.evaluation import truth_in_cover
+    from invisible_face.evaluate.evaluation import truth_in_cover
 
     class Fixed(torch.nn.Module):  # calls class 0 of "a" for bright images, class 1 for dark ones
         def forward(self, x):
@@ -53,9 +53,9 @@ def test_truth_in_cover_counts_faces_whose_truth_the_label_free_protector_steers
 
 
 def test_score_embeds_the_clean_faces_once_and_scores_identity_and_the_embedding_adversary():
-    from invisible_face.embedding_adversary import EmbeddingAdversary
-    from invisible_face.evaluation import TestSet, score
-    from invisible_face.models import build_classifier
+    from invisible_face.evaluate.evaluation import TestSet, score
+    from invisible_face.models.embedding_adversary import EmbeddingAdversary
+    from invisible_face.models.networks import build_classifier
 
     embedded = []
 
@@ -85,8 +85,8 @@ def test_score_embeds_the_clean_faces_once_and_scores_identity_and_the_embedding
 
 
 def test_score_reports_transfer_per_attribute_against_each_zoo_models_clean_calls():
-    from invisible_face.evaluation import TestSet, score
-    from invisible_face.models import build_classifier
+    from invisible_face.evaluate.evaluation import TestSet, score
+    from invisible_face.models.networks import build_classifier
 
     class Brightness(torch.nn.Module):  # calls "a" = 1 for bright chips; "b" always 0
         def forward(self, x):
@@ -108,7 +108,7 @@ def test_headline_counts_paths_and_retention_from_the_deployed_records():
     import importlib.util
 
     from invisible_face.params import PROJECT_ROOT
-    from invisible_face.protector import FaceRecord
+    from invisible_face.protect.protector import FaceRecord
 
     spec = importlib.util.spec_from_file_location("evaluate_main", PROJECT_ROOT / "components/evaluate/main.py")
     evaluate = importlib.util.module_from_spec(spec)
@@ -127,7 +127,7 @@ def test_headline_counts_paths_and_retention_from_the_deployed_records():
 
 
 def test_frontier_has_one_curve_per_method_and_robustness_one_row_per_method(tmp_path):
-    from invisible_face.evaluation import frontier_figure, frontier_table, robustness_figure, robustness_table
+    from invisible_face.evaluate.evaluation import frontier_figure, frontier_table, robustness_figure, robustness_table
 
     row = lambda psnr, fooled: {"psnr": psnr, "ssim": 0.9, "mosr": 0.9, "zoo_fooled_mean": fooled,
                                 "embedding_adversary_mosr": fooled / 2, "embedding_adversary_fooled_mean": fooled}

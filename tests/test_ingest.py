@@ -1,6 +1,6 @@
 import yaml
 
-from invisible_face.cli import main
+from invisible_face.protect.cli import main
 from repo_copy import run
 
 

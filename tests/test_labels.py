@@ -1,6 +1,6 @@
 import pytest
 
-from invisible_face.labels import LabelError, age_bin, parse_utkface_name
+from invisible_face.data.labels import LabelError, age_bin, parse_utkface_name
 
 EDGES = [0, 20, 40, 60, 80]
 

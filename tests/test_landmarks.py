@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from conftest import SHARED
-from invisible_face.landmarks import DlibBackend, FanBackend, fan_weights_path, make_backend
+from invisible_face.data.landmarks import DlibBackend, FanBackend, fan_weights_path, make_backend
 
 PHOTOS = SHARED / "photos"
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import write_chip
-from invisible_face.denoiser import Denoiser
-from invisible_face.directions import pack_signs, set_direction
-from invisible_face.ldman import (
+from invisible_face.method.denoiser import Denoiser
+from invisible_face.method.directions import pack_signs, set_direction
+from invisible_face.method.ldman import (
     Generator,
     generator_perturbation,
     generator_protect,
@@ -19,10 +19,10 @@ from invisible_face.ldman import (
     resize,
     sets_vector,
 )
-from invisible_face.ldman_training import chip_masks, train_ldman
-from invisible_face.models import build_classifier, save_classifier
-from invisible_face.protector import FORMAT_VERSION, Protector, export_protector
-from invisible_face.refine import attribute_margins, plausible_classes, set_margin_loss
+from invisible_face.method.ldman_training import chip_masks, train_ldman
+from invisible_face.method.refine import attribute_margins, plausible_classes, set_margin_loss
+from invisible_face.models.networks import build_classifier, save_classifier
+from invisible_face.protect.protector import FORMAT_VERSION, Protector, export_protector
 
 ATTRS = {"gender": 2, "age_bin": 5, "race": 5}
 CHIP, WORK, OUT = 64, 32, 16  # chip px, G's work size (= the surrogate's input size), G's output px
@@ -40,7 +40,7 @@ def ldman_env(tmp_path_factory, params):
     """A tiny but complete set of LD-MAN inputs: chips, manifest, surrogate, RP, landmarks, directions."""
     import pandas as pd
 
-    from invisible_face.data import FaceAttributes
+    from invisible_face.data.faces import FaceAttributes
 
     root = tmp_path_factory.mktemp("ldman")
     (root / "img").mkdir()
@@ -225,7 +225,7 @@ def constant_generator(cfg: dict, value: float) -> Generator:
 
 @pytest.fixture()
 def spy_refinement(monkeypatch):
-    import invisible_face.protector as protector_module
+    import invisible_face.protect.protector as protector_module
 
     calls = []
     real = protector_module.refine_perturbation
@@ -315,8 +315,8 @@ def test_export_refuses_pickles(ldman_env, tmp_path):
 def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, monkeypatch, params):
     import mlflow
 
+    from invisible_face.method.tuning import OBJECTIVE, tune_weights
     from invisible_face.tracking import setup_mlflow, tracking_uri
-    from invisible_face.tuning import OBJECTIVE, tune_weights
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id = setup_mlflow("tune", root=tmp_path)
@@ -344,7 +344,7 @@ def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, 
 
 def test_the_sets_are_the_given_labels_or_the_plausible_classes_with_the_exports_cover(
         ldman_env, tmp_path, monkeypatch, spy_refinement):
-    import invisible_face.protector as protector_module
+    import invisible_face.protect.protector as protector_module
 
     cfg = copy.deepcopy(ldman_env["cfg"])
     cfg["directions"]["cover"] = 0.6  # not the default, so the export's own cover is what is checked

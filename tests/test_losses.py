@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from invisible_face.losses import (
+from invisible_face.method.losses import (
     adversarial_loss,
     attribute_margin,
     contextual_loss,

@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from invisible_face.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, naturalness, psnr, ssim
+from invisible_face.evaluate.metrics import (
+    fooled_rate,
+    h_pn,
+    mosr,
+    mosr_by_count,
+    mosr_correct,
+    naturalness,
+    psnr,
+    ssim,
+)
 
 LABELS = {"gender": torch.tensor([0, 1, 0, 1]), "race": torch.tensor([2, 2, 0, 1])}
 

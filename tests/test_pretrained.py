@@ -1,6 +1,6 @@
 """Pretrained parts read only from the torch cache, with honest fallbacks (docs/design.md, "Pretrained
-parts and fallbacks"): LPIPS (``invisible_face.perceptual``) and the classifiers' ImageNet starts
-(``invisible_face.models``, params ``classifiers.pretrained``).
+parts and fallbacks"): LPIPS (``invisible_face.models.perceptual``) and the classifiers' ImageNet starts
+(``invisible_face.models.networks``, params ``classifiers.pretrained``).
 
 The cache is a temporary TORCH_HOME, empty or seeded with randomly initialised state dicts of the right
 shapes under the file names torchvision's weight enums give (``load_state_dict_from_url`` checks a hash
@@ -17,15 +17,15 @@ import torch
 import torchvision
 from torchvision.models import AlexNet_Weights, MobileNet_V2_Weights, ResNet18_Weights, VGG11_BN_Weights
 
-from invisible_face import perceptual
-from invisible_face.models import (
+from invisible_face.models import perceptual
+from invisible_face.models.networks import (
     build_classifier,
     cached_weights_path,
     load_classifier,
     resolve_pretrained,
     save_classifier,
 )
-from invisible_face.perceptual import Perceptual, lpips_weights_cached, lpips_weights_path
+from invisible_face.models.perceptual import Perceptual, lpips_weights_cached, lpips_weights_path
 
 ATTRS = {"gender": 2, "age_bin": 5}
 

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from invisible_face.classifiers import classifier_path
-from invisible_face.models import load_classifier
+from invisible_face.models.classifiers import classifier_path
+from invisible_face.models.networks import load_classifier
 from invisible_face.params import PROJECT_ROOT, deep_merge, load_params
 
 pytestmark = [pytest.mark.timeout(300),

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invisible_face.protector import Protector
-from invisible_face.recompression import POST_PROCESSING, jpeg, jpeg_differentiable, random_recompression
-from invisible_face.refine import attribute_margins, plausible_classes, refine_perturbation, shape_step
+from invisible_face.method.recompression import POST_PROCESSING, jpeg, jpeg_differentiable, random_recompression
+from invisible_face.method.refine import attribute_margins, plausible_classes, refine_perturbation, shape_step
+from invisible_face.protect.protector import Protector
 
 
 def smooth_images(n: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from invisible_face.refine import plausible_classes, refine_perturbation, set_margin, shrink_perturbation
-from invisible_face.regions import rect_masks
+from invisible_face.method.refine import plausible_classes, refine_perturbation, set_margin, shrink_perturbation
+from invisible_face.method.regions import rect_masks
 
 
 class Tiny(nn.Module):

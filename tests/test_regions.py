@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from invisible_face.models import build_classifier
-from invisible_face.regions import (
+from invisible_face.method.regions import (
     CENTER_POINTS,
     anneal,
     candidate_rects,
@@ -12,6 +11,7 @@ from invisible_face.regions import (
     score_rects,
     select_region,
 )
+from invisible_face.models.networks import build_classifier
 
 CFG = dict(t_max=10.0, t_min=0.1, k=0.95, theta_m=1.0, theta_s=1.0, restarts=2, score_batch=8)
 

@@ -4,7 +4,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from invisible_face.registry import ALIAS, gate, register_protector
+from invisible_face.evaluate.registry import ALIAS, gate, register_protector
 
 GATES = {"mosr_min": 0.95, "ssim_min": 0.94}
 
@@ -39,7 +39,7 @@ def test_promotion_both_ways(registry, tiny_protector):
     assert better["promoted"] and (str(registry.get_model_version_by_alias("if-test", ALIAS).version)
                                    == str(better["version"]))
     # the champion loads through the same safe loader as a local export
-    from invisible_face.protector import FORMAT_VERSION, Protector
+    from invisible_face.protect.protector import FORMAT_VERSION, Protector
 
     folder = mlflow.artifacts.download_artifacts(f"models:/if-test@{ALIAS}")
     assert Protector.load(f"{folder}/protector").config["format_version"] == FORMAT_VERSION

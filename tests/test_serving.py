@@ -155,7 +155,14 @@ def test_analyze_gives_surrogate_and_target_predictions_before_and_after(url, fa
             assert preds["before"][attr] in classes and preds["after"][attr] in classes
         assert set(preds["changed"]) <= set(body["attributes"])
     assert body["faces"][0]["path"] in ("generator", "refined", "not_protected")
-    assert "image_base64" not in body
+    assert "image_base64" not in body and body["strength"] == "standard"
+
+
+def test_strength_is_a_request_parameter_and_unknown_presets_are_refused(url, face):
+    light = post(url, encode(face, "JPEG"), path="/analyze", strength="light")
+    assert light.status_code == 200 and light.json()["strength"] == "light" and light.json()["faces"]
+    wrong = post(url, encode(face, "JPEG"), strength="max")
+    assert wrong.status_code == 422 and "strength" in wrong.text
 
 
 # ------------------------------------------------------------------------------- input kinds

@@ -127,11 +127,11 @@ def test_stage_deps_cover_the_code_it_runs(name: str, loaded: dict[str, set[str]
 
 
 def test_covered() -> None:
-    assert covered("invisible_face/data.py", ["invisible_face"])
-    assert covered("invisible_face/data.py", ["invisible_face/"])
-    assert covered("invisible_face/data.py", ["invisible_face/data.py"])
-    assert not covered("invisible_face/data.py", ["invisible_face/dat"])
-    assert not covered("invisible_face/data.py", ["invisible"])
+    assert covered("invisible_face/data/faces.py", ["invisible_face"])
+    assert covered("invisible_face/data/faces.py", ["invisible_face/"])
+    assert covered("invisible_face/data/faces.py", ["invisible_face/data/faces.py"])
+    assert not covered("invisible_face/data/faces.py", ["invisible_face/dat"])
+    assert not covered("invisible_face/data/faces.py", ["invisible"])
 
 
 

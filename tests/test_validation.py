@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from invisible_face.validation import (
+from invisible_face.data.validation import (
     ValidationFailed,
     build_metadata,
     render_report,

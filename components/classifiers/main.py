@@ -3,11 +3,11 @@
 The surrogate (params.classifiers.surrogate) trains on split surrogate_train, each zoo model on
 target_train; val is scored every epoch, test once at the end. Outputs (artifacts/classifiers/):
 models/<name>.pt (plain state dict, loads with torch.load(weights_only=True)) + models/<name>.json
-(config for invisible_face.models.load_classifier), history/<name>.csv (per-epoch metrics, DVC plots),
+(config for invisible_face.models.networks.load_classifier), history/<name>.csv (per-epoch metrics, DVC plots),
 confusion/<name>_<attribute>.png, metrics.json (test accuracy per model and attribute). One MLflow
 run per model in the experiment "classifiers".
 
-Then the embedding adversary (params.classifiers.embedding_adversary, invisible_face.embedding_adversary):
+Then the embedding adversary (params.classifiers.embedding_adversary, invisible_face.models.embedding_adversary):
 attribute heads on dlib's pretrained face embedding of a seeded sample of target_train chips at their
 native resolution, scored on a seeded sample of the test chips, saved as models/<name>.safetensors +
 models/<name>.json.
@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from invisible_face.classifiers import attribute_sizes, classifier_path, evaluate, train_classifier
-from invisible_face.data import FaceAttributes
-from invisible_face.embedding_adversary import ARCH, EmbeddingAdversary, chip_embeddings
-from invisible_face.metrics import accuracy_and_confusion
-from invisible_face.models import save_classifier
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.evaluate.metrics import accuracy_and_confusion
+from invisible_face.models.classifiers import attribute_sizes, classifier_path, evaluate, train_classifier
+from invisible_face.models.embedding_adversary import ARCH, EmbeddingAdversary, chip_embeddings
+from invisible_face.models.networks import save_classifier
 from invisible_face.params import load_params
 from invisible_face.tracking import run_tags, setup_mlflow
 

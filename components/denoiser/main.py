@@ -14,8 +14,8 @@ import mlflow
 import pandas as pd
 import torch
 
-from invisible_face.data import FaceAttributes
-from invisible_face.denoiser import train_denoiser
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.method.denoiser import train_denoiser
 from invisible_face.params import load_params
 from invisible_face.tracking import run_tags, setup_mlflow
 

@@ -1,5 +1,5 @@
 """directions stage: label-free DP and plausible-class sets for every chip LD-MAN trains on, at G's
-work size (invisible_face.directions.set_direction), cached for training.
+work size (invisible_face.method.directions.set_direction), cached for training.
 
 Outputs (artifacts/directions/): directions.npz (files, sets N x K bool, bits N x bytes (DP packed
 one bit per value), shape), metrics.json (ms per chip; how far one full-budget step along DP over
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from invisible_face.classifiers import MODELS_DIR, attribute_sizes, surrogate_path
-from invisible_face.data import FaceAttributes
-from invisible_face.directions import pack_signs, set_direction
-from invisible_face.ldman import sets_vector
-from invisible_face.ldman_training import chip_masks
-from invisible_face.models import load_classifier
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.method.directions import pack_signs, set_direction
+from invisible_face.method.ldman import sets_vector
+from invisible_face.method.ldman_training import chip_masks
+from invisible_face.method.refine import attribute_margins
+from invisible_face.models.classifiers import MODELS_DIR, attribute_sizes, surrogate_path
+from invisible_face.models.networks import load_classifier
 from invisible_face.params import load_params
-from invisible_face.refine import attribute_margins
 
 
 def main() -> None:

@@ -18,11 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from invisible_face.attacks import baseline_attack
-from invisible_face.classifiers import attribute_sizes, classifier_path, surrogate_path
-from invisible_face.data import FaceAttributes
-from invisible_face.embedding_adversary import EmbeddingAdversary, chip_embeddings
-from invisible_face.evaluation import (
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.evaluate.attacks import baseline_attack
+from invisible_face.evaluate.evaluation import (
     TestSet,
     frontier_figure,
     frontier_table,
@@ -38,13 +36,15 @@ from invisible_face.evaluation import (
     train_purifier,
     truth_in_cover,
 )
-from invisible_face.ldman import Generator
-from invisible_face.metrics import mosr
-from invisible_face.models import load_classifier
+from invisible_face.evaluate.metrics import mosr
+from invisible_face.method.ldman import Generator
+from invisible_face.models.classifiers import attribute_sizes, classifier_path, surrogate_path
+from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
+from invisible_face.models.networks import load_classifier
+from invisible_face.models.perceptual import Perceptual
 from invisible_face.params import load_params
-from invisible_face.perceptual import Perceptual
-from invisible_face.photo_io import to_tensor, to_uint8
-from invisible_face.protector import PATHS, Protector, protection_grid
+from invisible_face.protect.photo_io import to_tensor, to_uint8
+from invisible_face.protect.protector import PATHS, Protector, protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
 
 PAPER = {  # UTKFace, ResNet-18 (Tables I, II, V, VI); "-" where the paper gives no figure
@@ -217,7 +217,7 @@ def main() -> None:
             if isinstance(row, dict):
                 mlflow.log_metrics({f"{name}.{k}": v for k, v in row.items()
                                     if isinstance(v, (int, float)) and v is not None})
-            elif row is not None:
+            elif isinstance(row, (int, float)):
                 mlflow.log_metric(name, row)
         mlflow.log_artifacts(str(out))
     print(table.round(3).to_string())
@@ -252,7 +252,11 @@ def headline(results: dict, robust: dict, records: list) -> dict[str, float]:
 
 def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFrame, n: int, zoo: list[str],
                   attributes: list[str], top: dict) -> str:
-    fmt = lambda v, p=3: "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{p}f}"
+    def fmt(v, p=3):
+        if isinstance(v, str):
+            return v
+        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{p}f}"
+
     lines = [f"# Evaluation on {n} test chips (surrogate ResNet-18 white-box, zoo: {', '.join(zoo) or 'none'})", "",
              "## The deployed protector and G alone (label-free)", "",
              "| figure | value |", "|---|---|",

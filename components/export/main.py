@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from invisible_face.classifiers import classifier_path, surrogate_path
-from invisible_face.ldman_training import ldman_config, new_generator
-from invisible_face.models import load_classifier
+from invisible_face.method.ldman_training import ldman_config, new_generator
+from invisible_face.models.classifiers import classifier_path, surrogate_path
+from invisible_face.models.networks import load_classifier
 from invisible_face.params import load_params
-from invisible_face.protector import export_protector
+from invisible_face.protect.protector import export_protector
 
 
 def main() -> None:

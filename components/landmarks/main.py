@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from invisible_face.landmarks import Face, make_backend
+from invisible_face.data.landmarks import Face, make_backend
 from invisible_face.params import load_params
 
 _backend = None

@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from invisible_face.classifiers import MODELS_DIR, surrogate_path
-from invisible_face.data import load_image, sample_rows
-from invisible_face.models import load_classifier
+from invisible_face.data.faces import load_image, sample_rows
+from invisible_face.method.regions import rect_masks, select_region
+from invisible_face.models.classifiers import MODELS_DIR, surrogate_path
+from invisible_face.models.networks import load_classifier
 from invisible_face.params import load_params
-from invisible_face.regions import rect_masks, select_region
 
 
 def summary_figure(rects: np.ndarray, areas: np.ndarray, size: tuple[int, int], path: Path) -> None:

@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from invisible_face.evaluate.registry import register_protector
 from invisible_face.params import load_params
-from invisible_face.registry import register_protector
 from invisible_face.tracking import setup_mlflow
 
 

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from invisible_face.data import FaceAttributes
-from invisible_face.ldman import generator_protect, psnr_to_rms
-from invisible_face.ldman_training import chip_masks, ldman_config, ldman_scaling, train_ldman
-from invisible_face.models import load_classifier
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.method.ldman import generator_protect, psnr_to_rms
+from invisible_face.method.ldman_training import chip_masks, ldman_config, ldman_scaling, train_ldman
+from invisible_face.models.networks import load_classifier
 from invisible_face.params import load_params, with_tuned_weights
-from invisible_face.protector import protection_grid
+from invisible_face.protect.protector import protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
 
 

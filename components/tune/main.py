@@ -13,10 +13,10 @@ from pathlib import Path
 
 import mlflow
 
-from invisible_face.ldman_training import ldman_config, ldman_scaling
+from invisible_face.method.ldman_training import ldman_config, ldman_scaling
+from invisible_face.method.tuning import OBJECTIVE, tune_weights
 from invisible_face.params import load_params
 from invisible_face.tracking import run_tags, setup_mlflow, tracking_uri
-from invisible_face.tuning import OBJECTIVE, tune_weights
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from invisible_face.data.validation import ValidationFailed, render_report, validate_dataset
 from invisible_face.params import load_params
-from invisible_face.validation import ValidationFailed, render_report, validate_dataset
 
 
 def main() -> int:

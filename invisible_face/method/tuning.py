@@ -20,8 +20,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from invisible_face import distributed
-from invisible_face.ldman_training import LOSS_NAMES, train_loop
+from invisible_face.method.ldman_training import LOSS_NAMES, train_loop
+from invisible_face.models import distributed
 
 OBJECTIVE = "val_hpn_protected"
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from invisible_face.identity import IdentityEmbedder
-from invisible_face.photo_io import to_uint8
+from invisible_face.models.identity import IdentityEmbedder
+from invisible_face.protect.photo_io import to_uint8
 
 ARCH = "dlib_resnet_embedding"
 DIM = 128  # dlib_face_recognition_resnet_model_v1

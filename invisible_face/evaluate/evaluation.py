@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from invisible_face.embedding_adversary import EmbeddingAdversary
-from invisible_face.identity import SAME_PERSON
-from invisible_face.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
-from invisible_face.models import AttributeClassifier, logits, predict
-from invisible_face.perceptual import Perceptual
-from invisible_face.recompression import POST_PROCESSING
-from invisible_face.refine import plausible_classes
+from invisible_face.evaluate.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
+from invisible_face.method.recompression import POST_PROCESSING
+from invisible_face.method.refine import plausible_classes
+from invisible_face.models.embedding_adversary import EmbeddingAdversary
+from invisible_face.models.identity import SAME_PERSON
+from invisible_face.models.networks import AttributeClassifier, logits, predict
+from invisible_face.models.perceptual import Perceptual
 
 
 @dataclass
@@ -44,7 +44,7 @@ def quantise(x: torch.Tensor) -> torch.Tensor:
 
 def truth_in_cover(clean_logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], cover: float) -> float:
     """Share of faces whose true class lies, for every attribute, inside the set a label-free
-    protector steers away from (:func:`invisible_face.refine.plausible_classes` on the clean face).
+    protector steers away from (:func:`invisible_face.method.refine.plausible_classes` on the clean face).
 
     Steering a call out of that set fools such a face. Any other face is fooled only if its call
     lands on a third, wrong class, never on a binary attribute: this share roughly caps
@@ -125,7 +125,7 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
 
 def robustness(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier) -> dict[str, float]:
     """Surrogate MOSR after each post-processing an image meets on its way to a platform
-    (:data:`invisible_face.recompression.POST_PROCESSING`)."""
+    (:data:`invisible_face.method.recompression.POST_PROCESSING`)."""
     return {f"mosr_after_{name}": mosr(predict(surrogate, quantise(t(protected))), data.labels)
             for name, t in POST_PROCESSING.items()}
 
@@ -244,7 +244,7 @@ def train_purifier(protected: torch.Tensor, clean: torch.Tensor, cfg: dict[str, 
     random crops of ``cfg['crop']`` px -> the purifier in eval mode."""
     from tqdm import tqdm
 
-    from invisible_face.denoiser import random_crops
+    from invisible_face.method.denoiser import random_crops
 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)

@@ -11,7 +11,7 @@ stage, so a step costs no extra backward pass):
 
 with L_adv the capped set margin the refinement also uses (no labels: G learns what the deployed
 protector does), L_per the perturbation's L2 norm, L_nat MMD + TV, L_sem the surrogate-feature
-LPIPS when its weights are cached, else the surrogate-feature distance (invisible_face.perceptual),
+LPIPS when its weights are cached, else the surrogate-feature distance (invisible_face.models.perceptual),
 + the contextual loss on the surrogate's features, L_robust
 L_adv after a random recompression of x^A (differentiable JPEG, resize, blur: expectation over
 the transformations an upload meets), and L'_adv L_adv after RP (Eq. 19; off by default, see
@@ -32,11 +32,11 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from invisible_face import distributed
-from invisible_face.data import FaceAttributes
-from invisible_face.denoiser import Denoiser, blend_through_rp
-from invisible_face.directions import unpack_signs
-from invisible_face.ldman import (
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.evaluate.metrics import fooled_all, h_pn, psnr, ssim
+from invisible_face.method.denoiser import Denoiser, blend_through_rp
+from invisible_face.method.directions import unpack_signs
+from invisible_face.method.ldman import (
     Discriminator,
     Generator,
     face_mask,
@@ -44,7 +44,7 @@ from invisible_face.ldman import (
     generator_protect,
     psnr_to_rms,
 )
-from invisible_face.losses import (
+from invisible_face.method.losses import (
     contextual_loss,
     discriminator_loss,
     generator_gan_loss,
@@ -52,11 +52,11 @@ from invisible_face.losses import (
     perturbation_loss,
     total_variation,
 )
-from invisible_face.metrics import fooled_all, h_pn, psnr, ssim
-from invisible_face.models import AttributeClassifier, load_classifier
-from invisible_face.perceptual import Perceptual, SurrogateFeatures
-from invisible_face.recompression import random_recompression
-from invisible_face.refine import attribute_margins, set_margin_loss
+from invisible_face.method.recompression import random_recompression
+from invisible_face.method.refine import attribute_margins, set_margin_loss
+from invisible_face.models import distributed
+from invisible_face.models.networks import AttributeClassifier, load_classifier
+from invisible_face.models.perceptual import Perceptual, SurrogateFeatures
 
 LOSS_NAMES = ("adv", "robust", "per", "nat", "sem", "adv_rp")
 
@@ -256,7 +256,7 @@ def train_ldman(config: dict[str, Any], *, name: str, storage_path: str | Path,
 def ldman_config(cfg: dict[str, Any], artifacts: str | Path = "artifacts") -> dict[str, Any]:
     """The worker config from params: the ``ldman`` section plus absolute paths of its inputs
     (Ray workers change directory) and the settings it shares with other stages."""
-    from invisible_face.classifiers import attribute_sizes, models_dir, surrogate_path
+    from invisible_face.models.classifiers import attribute_sizes, models_dir, surrogate_path
 
     art = Path(artifacts).resolve()
     return {

@@ -8,7 +8,7 @@ then scales the perturbation down as far as the margin allows, since the final s
 The sets, the margins and the capped objective here are also what G trains on and is checked by.
 
 With a ``survive`` round trip (a real JPEG at the quality a face must survive,
-:func:`invisible_face.recompression.survives`) a face counts as protected only when it is protected
+:func:`invisible_face.method.recompression.survives`) a face counts as protected only when it is protected
 both as written and after that round trip; the steps then also follow the gradient through a
 differentiable JPEG (``through``). Steps are shaped for the eye and the codec (:func:`shape_step`):
 less chroma than luminance, smooth rather than per-pixel.

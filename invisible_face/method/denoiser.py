@@ -78,7 +78,7 @@ def train_denoiser(train: torch.Tensor, val: torch.Tensor, cfg: dict, epsilon: f
     """
     from tqdm import tqdm
 
-    from invisible_face.metrics import psnr
+    from invisible_face.evaluate.metrics import psnr
 
     g = torch.Generator().manual_seed(seed)
     model = Denoiser(cfg["width"])

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from invisible_face import distributed
-from invisible_face.data import FaceAttributes
-from invisible_face.metrics import accuracy_and_confusion
-from invisible_face.models import AttributeClassifier, build_classifier, predict, resolve_pretrained
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.evaluate.metrics import accuracy_and_confusion
+from invisible_face.models import distributed
+from invisible_face.models.networks import AttributeClassifier, build_classifier, predict, resolve_pretrained
 
 MODELS_DIR = Path("artifacts/classifiers/models")  # the classifiers stage's models out (dvc.yaml)
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from invisible_face.landmarks import face_recognition_models_dir
+from invisible_face.data.landmarks import face_recognition_models_dir
 
 SAME_PERSON = 0.6
 

@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "protect":
-        from invisible_face.batch import protect_files
+        from invisible_face.protect.batch import protect_files
 
         return protect_files(args.inputs, args.out, args.model, args.aligned, args.report, args.strength)
     if args.command == "ingest":
-        from invisible_face.ingest import ingest_folder
+        from invisible_face.data.ingest import ingest_folder
 
         count = ingest_folder(args.source, args.repo, args.replace)
         print(f"ingested {count} images into data/utkface; next: git add data.dvc && git commit, "

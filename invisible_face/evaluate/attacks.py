@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from invisible_face.losses import adversarial_loss
+from invisible_face.method.losses import adversarial_loss
 
 
 def diverse_input(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from invisible_face.photo_io import PhotoError, read_photo, write_photo
-from invisible_face.protector import Protector, records_as_dicts
+from invisible_face.protect.photo_io import PhotoError, read_photo, write_photo
+from invisible_face.protect.protector import Protector, records_as_dicts
 
 
 def collect(inputs: list[str]) -> list[Path]:

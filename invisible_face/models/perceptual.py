@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights, WeightsEnum
 
-from invisible_face.losses import perceptual_distance
-from invisible_face.models import AttributeClassifier, cached_weights_path
+from invisible_face.method.losses import perceptual_distance
+from invisible_face.models.networks import AttributeClassifier, cached_weights_path
 
 BACKENDS = ("auto", "lpips", "surrogate")
 # lpips's net name -> (the torchvision builder lpips.pretrained_networks calls, the weights it loads then)

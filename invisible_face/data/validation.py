@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from invisible_face.labels import LabelError, age_bin, parse_utkface_name
+from invisible_face.data.labels import LabelError, age_bin, parse_utkface_name
 
 METADATA_COLUMNS = [
     "file", "age", "gender", "race", "age_bin", "label_error",

@@ -6,10 +6,10 @@ G protects a face in one forward pass. It is told three things about the face:
 - the face itself, resized to the surrogate's input size (``work_size``): the surrogate sees a
   64 px resize, so detail G would add at 200 px is averaged away before it matters;
 - what to move away from: the plausible-class sets of the surrogate's clean call
-  (:func:`invisible_face.refine.plausible_classes`), as FiLM on the middle blocks. Without them G
+  (:func:`invisible_face.method.refine.plausible_classes`), as FiLM on the middle blocks. Without them G
   would have to guess each face's gender before flipping it;
 - where to start: DP, the sign of one backward pass of the surrogate on the clean face
-  (:func:`invisible_face.directions.set_direction`), as three extra input planes.
+  (:func:`invisible_face.method.directions.set_direction`), as three extra input planes.
 
 It emits a unit perturbation at ``out_size`` px, upsampled smoothly to the crop, weighted by a
 feathered face mask (x^M = A * x, Eq. 1, with a soft A), scaled to epsilon (the L-inf budget) and
@@ -181,8 +181,8 @@ def generator_protect(generator: Generator, surrogate: nn.Module, crops: torch.T
     backward pass; the forward alone for a G without DP), then one pass of G.
     crops: B x 3 x H x W; masks: B x 1 x H x W; classes: the sets to steer away from when known
     (else the clean call's plausible classes) -> (eps_l B x 3 x H x W, the sets {attribute: B x C bool})."""
-    from invisible_face.directions import set_direction
-    from invisible_face.refine import plausible_classes
+    from invisible_face.method.directions import set_direction
+    from invisible_face.method.refine import plausible_classes
 
     small = resize(crops, generator.work_size)
     if generator.use_direction:

@@ -2,8 +2,8 @@
 
 photo -> detect faces -> landmarks -> per face: square crop at the face's own resolution, the
 feathered face mask from the landmarks, G in one forward pass (with the surrogate's clean call and
-DP, invisible_face.ldman.generator_protect), a check on the surrogate; only a face G leaves
-unprotected goes to the refinement (invisible_face.refine) -> paste back -> the protected photo and
+DP, invisible_face.method.ldman.generator_protect), a check on the surrogate; only a face G leaves
+unprotected goes to the refinement (invisible_face.method.refine) -> paste back -> the protected photo and
 a record per face saying which path protected it (``generator`` / ``refined`` / ``not_protected``).
 
 The export is ``<stem>.safetensors`` (generator, surrogate and optional audit-model tensors) +
@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from invisible_face.landmarks import Face, make_backend
-from invisible_face.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
-from invisible_face.models import AttributeClassifier, build_classifier, classifier_from_state
+from invisible_face.data.landmarks import Face, make_backend
+from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
+from invisible_face.method.recompression import jpeg_differentiable, survives
+from invisible_face.method.refine import refine_perturbation, shape_step, shrink_perturbation
+from invisible_face.method.regions import rect_masks, select_region
+from invisible_face.models.networks import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.params import deep_merge
-from invisible_face.photo_io import to_tensor, to_uint8
-from invisible_face.recompression import jpeg_differentiable, survives
-from invisible_face.refine import refine_perturbation, shape_step, shrink_perturbation
-from invisible_face.regions import rect_masks, select_region
+from invisible_face.protect.photo_io import to_tensor, to_uint8
 
 FORMAT_VERSION = 6  # 6: the survive-JPEG stop rule, shaped refinement steps, strength presets
 PATHS = ("generator", "refined", "not_protected")

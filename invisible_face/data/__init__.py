@@ -1,0 +1,3 @@
+"""The data flow: UTKFace labels, validation and quarantine, ingesting new photos, facial landmarks, and the
+chips as tensors (``faces.FaceAttributes``).
+"""
