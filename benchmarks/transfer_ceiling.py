@@ -6,10 +6,12 @@ The evaluation finds every method's transfer MOSR near zero. This asks whether a
 transfer recipe would change that: on the same faces, with the true labels, full chip, the
 evaluation's MI-FGSM (and TI-FGSM) baselines on the surrogate alone, with input diversity (DI: each
 step averages 4 randomly resized and padded views), with DI and translation invariance (TI), on an
-ensemble of the surrogate and copies of the
-zoo's architectures trained on the defender's own split (the defender can guess architectures, not
-weights), and white-box on each of those copies and on each zoo model itself. It prints each model's
-error rate per attribute and the share with every attribute wrong (MOSR), clean first.
+ensemble of the surrogate and copies of the zoo's architectures trained on the defender's own split
+(the defender can guess architectures, not weights), a feature-level attack (PGD pushing the
+surrogate's layer-2 features of the face away from the clean ones, no labels), and white-box on each
+of those copies and on each zoo model itself. It prints each model's error rate per attribute and
+the share with every attribute wrong (MOSR), clean first; the embedding adversary (heads on dlib's
+face embedding, never attacked) is scored as a black box beside the zoo.
 
 The copies train once on Ray Train with the classifiers stage's recipe (it prints how long) and
 are kept in artifacts/transfer_ceiling/. Run it after `dvc repro classifiers`.
@@ -27,10 +29,11 @@ from torch import nn
 
 from invisible_face.data.faces import FaceAttributes
 from invisible_face.evaluate.attacks import baseline_attack
-from invisible_face.evaluate.evaluation import predict
 from invisible_face.evaluate.metrics import mosr
-from invisible_face.models.classifiers import attribute_sizes, train_classifier
-from invisible_face.models.networks import AttributeClassifier, load_classifier, save_classifier
+from invisible_face.models.classifiers import attribute_sizes, classifier_path, train_classifier
+from invisible_face.models.embedding_adversary import EmbeddingAdversary
+from invisible_face.models.networks import AttributeClassifier, load_classifier, predict, save_classifier
+from invisible_face.models.perceptual import SurrogateFeatures
 from invisible_face.params import PROJECT_ROOT, load_params
 
 SCALING_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "num_cpus")
@@ -71,6 +74,23 @@ class InputDiversity(nn.Module):
         return mean_logits([self.model(self.view(x)) for _ in range(self.views)])
 
 
+class FeatureDistance(nn.Module):
+    """A feature-level attack as a one-class "model" for the attack loop: logits (-d, d) with d the
+    relative distance of the surrogate's layer-2 features of x from those of the clean batch, so
+    that pushing class 0 down (label 0) pushes the features away. No attribute labels are used."""
+
+    def __init__(self, surrogate: AttributeClassifier, clean: torch.Tensor) -> None:
+        super().__init__()
+        self.features = SurrogateFeatures(surrogate)
+        with torch.no_grad():
+            self.reference = self.features(clean)[-1]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)[-1]
+        d = (f - self.reference).pow(2).flatten(1).mean(1) / self.reference.pow(2).flatten(1).mean(1)
+        return {"feature": torch.stack([-d, d], 1)}
+
+
 def defender_copies(params: dict, folder: Path) -> dict[str, AttributeClassifier]:
     """Each zoo architecture trained with its zoo entry's recipe on the defender's split
     (surrogate_train), cached in ``folder``."""
@@ -100,9 +120,8 @@ def defender_copies(params: dict, folder: Path) -> dict[str, AttributeClassifier
     return copies
 
 
-def error_rates(model: AttributeClassifier, x: torch.Tensor, labels: dict[str, torch.Tensor]) -> list[float]:
+def error_rates(calls: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> list[float]:
     """Error rate per attribute, then the share with every attribute wrong (MOSR)."""
-    calls = predict(model, x)
     return [*((calls[k] != labels[k]).float().mean().item() for k in labels), mosr(calls, labels)]
 
 
@@ -129,9 +148,15 @@ def main() -> None:
         "DI-MI-FGSM": ("mifgsm", InputDiversity(surrogate)),
         "DI-TI-MI-FGSM": ("tifgsm", InputDiversity(surrogate)),
         "MI-FGSM, surrogate + copies": ("mifgsm", Ensemble([surrogate, *copies.values()])),
+        # PGD's random start: at the clean image the squared feature distance has no gradient
+        "feature-level PGD": ("pgd", FeatureDistance(surrogate, clean)),
         **{f"white-box on {n}": ("mifgsm", m) for n, m in {**copies, **zoo}.items()},
     }
-    scored = {"surrogate": surrogate, **copies, **zoo}
+    emb = cfg["embedding_adversary"]
+    adversary = EmbeddingAdversary.load(classifier_path(emb["name"], models_dir))
+    box = params["landmarks"]["fallback_box"]
+    scored = {**{n: (lambda x, m=m: predict(m, x)) for n, m in {"surrogate": surrogate, **copies, **zoo}.items()},
+              emb["name"]: lambda x: adversary.predict_images(x, box)}
     names = list(labels)
     print(f"{len(clean)} {args.split} chips, true labels, full chip, L-inf {epsilon * 255:.0f}/255, "
           f"{args.steps} steps, momentum 1. "
@@ -139,13 +164,17 @@ def main() -> None:
     print(f"{'attack':34s} {'s':>5s} " + " ".join(f"{n[:24]:>26s}" for n in scored))
 
     def row(name: str, x: torch.Tensor, seconds: float) -> None:
-        cells = [" / ".join(f"{v:.2f}" for v in error_rates(m, x, labels)) for m in scored.values()]
+        cells = [" / ".join(f"{v:.2f}" for v in error_rates(calls(x), labels)) for calls in scored.values()]
         print(f"{name:34s} {seconds:5.0f} " + " ".join(f"{c:>26s}" for c in cells), flush=True)
 
     row("clean", clean, 0.0)
     for name, (baseline, model) in attacks.items():
         start = time.perf_counter()
-        adversarial = baseline_attack(baseline, model, clean, labels, epsilon, args.steps, params["ldman"]["kappa"])
+        if isinstance(model, FeatureDistance):  # no labels: push the features away, uncapped
+            target, kappa = {"feature": torch.zeros(len(clean), dtype=torch.long)}, 1e9
+        else:
+            target, kappa = labels, params["ldman"]["kappa"]
+        adversarial = baseline_attack(baseline, model, clean, target, epsilon, args.steps, kappa)
         row(name, (adversarial * 255).round() / 255, time.perf_counter() - start)
 
 
