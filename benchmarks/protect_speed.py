@@ -30,9 +30,9 @@ from PIL import Image
 import invisible_face.protect.protector as protector_module
 from invisible_face.data.faces import sample_rows
 from invisible_face.evaluate.attacks import baseline_attack
-from invisible_face.evaluate.evaluation import predict
 from invisible_face.evaluate.metrics import mosr, psnr, ssim
 from invisible_face.method.recompression import jpeg
+from invisible_face.models.networks import predict
 from invisible_face.params import PROJECT_ROOT, load_params
 from invisible_face.protect.photo_io import to_tensor
 from invisible_face.protect.protector import PATHS, Protector

@@ -100,7 +100,6 @@ class EmbeddingAdversary(nn.Module):
         return losses
 
     @torch.no_grad()
-    @torch.no_grad()
     def predict_embeddings(self, emb: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """N x 128 embeddings -> {attribute: N int64 predicted classes}."""
         logits = self.eval()(torch.as_tensor(np.asarray(emb), dtype=torch.float32))

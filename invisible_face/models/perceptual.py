@@ -148,9 +148,3 @@ class Perceptual(nn.Module):
         if self.lpips is not None:
             return self.lpips(x, y, normalize=True).flatten()  # normalize: [0, 1] -> [-1, 1], lpips's input range
         return perceptual_distance(self.features(x), self.features(y))
-
-
-def make_perceptual(backend: str = "auto", surrogate: AttributeClassifier | nn.Module | None = None,
-                    device: str | torch.device = "cpu") -> Perceptual:
-    """``Perceptual(backend, surrogate)`` on ``device``."""
-    return Perceptual(backend, surrogate).to(device)
