@@ -128,6 +128,8 @@ class ProtectorModel:
 
         self.source = model
         self.protector = Protector.load(resolve_model(model, mlflow_tracking_uri))
+        # each strength preset once, sharing the networks; a request picks one by name
+        self.presets = {name: self.protector.with_strength(name) for name in self.protector.config["strengths"]}
         self.set_batching(max_batch_size, batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()
         # warm-up: one aligned chip through every step (landmarks, region, DP, G), so the first
@@ -169,7 +171,8 @@ class ProtectorModel:
         results = []
         for rgb, strength in requests:  # one failing photo must not fail the others of its batch
             try:
-                out, records = self.protector.with_strength(strength).protect(np.ascontiguousarray(rgb))
+                protector = self.presets[strength] if strength else self.protector
+                out, records = protector.protect(np.ascontiguousarray(rgb))
                 results.append({"rgb": out, "faces": records_as_dicts(records), "batch_size": len(requests)})
             except Exception as err:  # noqa: BLE001 - reported to that request only
                 results.append({"error": f"{type(err).__name__}: {err}"})

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from invisible_face.evaluate.evaluation import DnCNN, purify, train_purifier
@@ -144,3 +145,19 @@ def test_frontier_has_one_curve_per_method_and_robustness_one_row_per_method(tmp
     assert np.isnan(table.loc["pgd", "dncnn"])  # pgd never faced the adaptive attacker
     robustness_figure(table, tmp_path / "robustness.png")
     assert (tmp_path / "robustness.png").stat().st_size > 1000
+
+
+def test_baselines_are_read_at_the_protectors_psnr_without_extrapolation():
+    import importlib.util
+
+    import pandas as pd
+
+    from invisible_face.params import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("evaluate_main", PROJECT_ROOT / "components/evaluate/main.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    frontier = pd.DataFrame({"family": ["invisible_face", "pgd", "pgd", "narrow", "narrow"],
+                             "psnr": [34.0, 37.0, 31.0, 40.0, 38.0], "fooled": [0.3, 0.1, 0.4, 0.05, 0.06]})
+    at = evaluate.at_equal_psnr(frontier, 34.0, "fooled")
+    assert at == {"pgd": pytest.approx(0.25), "narrow": None}  # halfway between 31 and 37 dB; 34 dB is outside 38-40

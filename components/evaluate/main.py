@@ -205,6 +205,9 @@ def main() -> None:
     for name, row in robust.items():
         metrics[name].update(row)
     top = headline(results, robust, test_records)
+    # the baselines' curves read at the deployed protector's PSNR: the equal-PSNR comparison
+    for family, value in at_equal_psnr(frontier, top["protector_psnr"], "embedding_adversary_fooled_mean").items():
+        top[f"{family}_embedding_adversary_fooled_at_protector_psnr"] = value
     metrics = {**top, **metrics}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "report.md").write_text(render_report(results, robust_table, frontier, len(data.images), list(zoo),
@@ -247,6 +250,17 @@ def headline(results: dict, robust: dict, records: list) -> dict[str, float]:
         if p["mosr"] > 0:
             key = "half_scale" if column == "resize_half" else column
             out[f"{key}_retention"] = after[f"mosr_after_{column}"] / p["mosr"]
+    return out
+
+
+def at_equal_psnr(frontier: pd.DataFrame, psnr: float, column: str) -> dict[str, float | None]:
+    """Each baseline family's ``column`` at ``psnr``, linear between its two strengths around it on
+    the frontier; None where ``psnr`` is outside the family's range (no extrapolation)."""
+    out = {}
+    for family, rows in frontier[frontier["family"] != "invisible_face"].groupby("family", sort=False):
+        rows = rows.sort_values("psnr")
+        inside = rows["psnr"].min() <= psnr <= rows["psnr"].max()
+        out[family] = float(np.interp(psnr, rows["psnr"], rows[column])) if inside else None
     return out
 
 
@@ -310,6 +324,11 @@ def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFr
               "| method | " + " | ".join(robust_table.columns) + " |", "|---|" + "---|" * len(robust_table.columns)]
     for name, r in robust_table.iterrows():
         lines.append(f"| {name} | " + " | ".join(fmt(v) for v in r.tolist()) + " |")
+    retention = robust_table.drop(columns="before").div(robust_table["before"], axis=0)
+    lines += ["", "Retention (MOSR after / before):", "",
+              "| method | " + " | ".join(retention.columns) + " |", "|---|" + "---|" * len(retention.columns)]
+    for name, r in retention.iterrows():
+        lines.append(f"| {name} | " + " | ".join(fmt(v, 2) for v in r.tolist()) + " |")
     counts = sorted(int(c.split("_")[1]) for c in next(iter(results.values())) if c.endswith("_attributes"))
     paper_ix = ", ".join(f"{k} {v:.3f}" for k, v in PAPER_DENOISED.items())
     lines += ["", "`mosr_after_dncnn`: the adaptive attacker of Table IX, a DnCNN trained on (protected -> clean)",
