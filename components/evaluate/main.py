@@ -180,8 +180,7 @@ def main() -> None:
                             out / f"grid_{name}.png")
     perturbation_kde({k: v for k, v in deltas.items() if not k.startswith("invisible_face_")}, epsilon,
                      out / "perturbation_kde.png")
-    families = {"invisible_face": [f"invisible_face_{p}" if p != "standard" else "invisible_face"
-                                   for p in ("light", "standard", "strong")]}
+    families = {"invisible_face": ["invisible_face_light", "invisible_face", "invisible_face_strong"]}
     families |= {b: sorted((n for n in budgets if n.split("_eps")[0] == b), key=budgets.get)
                  for b in fcfg["baselines"]}
     frontier = frontier_table(results, families)

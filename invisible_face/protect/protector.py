@@ -91,8 +91,6 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
 def untrained_export(stem: str | Path, cfg: dict[str, Any]) -> Path:
     """An export of untrained, small networks with a short refinement: it runs the CLI and serving
     paths in seconds and says nothing about protection quality."""
-    import copy
-
     cfg = copy.deepcopy(cfg)
     cfg["protector"]["refine"]["steps"] = 2
     attributes = {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}
