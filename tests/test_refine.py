@@ -99,3 +99,50 @@ def test_zero_steps_only_clips_the_start():
     delta, _, _ = refine_perturbation(model, x, torch.full_like(x, 0.5), torch.ones(1, 1, 8, 8), classes, 0.05,
                                    steps=0, step_size=0.25, stop_margin=1.0)
     assert delta.abs().max() <= 0.05 + 1e-6
+
+
+def _tiny_case(seed: int, n: int = 4, side: int = 16):
+    model = Tiny().requires_grad_(False)
+    torch.manual_seed(seed)
+    x = 0.45 + 0.1 * torch.rand(n, 3, side, side)
+    with torch.no_grad():
+        logits = model(x)
+    classes = {k: nn.functional.one_hot(v.argmax(1), v.shape[1]).bool() for k, v in logits.items()}
+    return model, x, classes
+
+
+def _worst_margin(model, x, classes) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(x)
+    return torch.stack([set_margin(out[k], classes[k]) for k in classes], 1).max(1).values
+
+
+def test_push_margin_goes_past_the_stop_margin_and_counts_fooled_at_the_stop():
+    model, x, classes = _tiny_case(3)
+    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, 0.2)
+    kwargs = dict(steps=60, step_size=0.25, stop_margin=0.5)
+    stopped, fooled_stop, _ = refine_perturbation(*args, **kwargs)
+    pushed, fooled_push, _ = refine_perturbation(*args, **kwargs, push_margin=2.0)
+    assert fooled_stop.all() and fooled_push.all()
+    assert (_worst_margin(model, x + stopped, classes) > -2.0).any()   # the stop alone ends short of 2
+    assert (_worst_margin(model, x + pushed, classes) < -2.0).all()    # the push gets every face there
+    assert pushed.abs().mean() > stopped.abs().mean()
+
+
+def test_push_margin_out_of_reach_still_reports_faces_fooled_at_the_stop():
+    model, x, classes = _tiny_case(4)
+    delta, fooled, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, 0.2,
+                                           steps=60, step_size=0.25, stop_margin=0.5, push_margin=1e6)
+    margins = _worst_margin(model, x + delta, classes)
+    assert torch.equal(fooled, margins < -0.5) and fooled.any()
+
+
+def test_views_change_the_steps_and_are_seeded():
+    model, x, classes = _tiny_case(5, side=20)
+    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 20, 20), classes, 0.2)
+    kwargs = dict(steps=3, step_size=0.25, stop_margin=50.0)  # out of reach: every step is taken
+    plain, _, _ = refine_perturbation(*args, **kwargs)
+    diverse, _, _ = refine_perturbation(*args, **kwargs, views=3)
+    again, _, _ = refine_perturbation(*args, **kwargs, views=3)
+    assert not torch.allclose(plain, diverse)
+    assert torch.equal(diverse, again)

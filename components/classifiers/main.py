@@ -169,7 +169,7 @@ def main() -> int:
                                           "test_accuracy": accuracy, **tags})
             mlflow.log_artifact(str(path), "model")
             mlflow.log_artifact(str(path.with_suffix(".json")), "model")
-            metrics[name] = {"role": spec["role"], "arch": spec["arch"], **result}
+            metrics[name] = {"role": spec["role"], "arch": spec["arch"], "pretrained": model.pretrained, **result}
             print(f"{name} ({spec['arch']}, {spec['role']}): " + ", ".join(
                 f"{a} {acc:.3f}" for a, acc in accuracy.items()) + f"  [{train_s:.0f} s]", flush=True)
 

@@ -79,6 +79,8 @@ VARIANTS = {
     "invisible_face_known_labels": ({}, True),
     # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
     "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
+    # steps that stop at the stop margin (no push further for transfer, as before the push margin)
+    "invisible_face_no_push": ({"refine": {"push_margin": None}}, False),
     # the stop rule without the survive-JPEG check (the deployed one before it)
     "invisible_face_no_survive": ({"protect": {"survive_jpeg_quality": None}}, False),
     # Algorithm 1's rectangle as the mask instead of the feathered face mask

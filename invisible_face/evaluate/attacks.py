@@ -8,23 +8,10 @@ from __future__ import annotations
 
 import kornia
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from invisible_face.method.losses import adversarial_loss
-
-
-def diverse_input(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DI-FGSM's input diversity: with probability ``prob``, resize to a random side in [H, 1.1 H)
-    and pad back to 1.1 H at a random place (differentiable). B x 3 x H x W -> B x 3 x H' x W'."""
-    if torch.rand(1, generator=generator).item() >= prob:
-        return x
-    h = x.shape[-1]
-    out = int(h * 1.1)
-    side = int(torch.randint(h, out, (1,), generator=generator))
-    left, top = (int(v) for v in torch.randint(0, out - side + 1, (2,), generator=generator))
-    x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
-    return F.pad(x, (left, out - side - left, top, out - side - top))
+from invisible_face.method.recompression import diverse_input
 
 
 def _loss_grad(model: nn.Module, x: torch.Tensor, labels: dict[str, torch.Tensor], kappa: float,

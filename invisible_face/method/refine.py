@@ -22,6 +22,8 @@ import kornia
 import torch
 from torch import nn
 
+from invisible_face.method.recompression import diverse_input
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -50,13 +52,16 @@ def attribute_margins(logits: dict[str, torch.Tensor], classes: dict[str, torch.
     return torch.stack([set_margin(logits[k], classes[k]) for k in classes], 1)
 
 
-def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor], cap: float) -> torch.Tensor:
+def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor],
+                    cap: float | torch.Tensor) -> torch.Tensor:
     """The label-free adversarial objective, to minimise: each attribute's set margin, floored at
     ``-cap`` so an attribute already called outside its set by ``cap`` logits stops pulling and the
-    others get the gradient, summed over attributes. {attribute: B x C}, {attribute: B x C bool} -> B.
+    others get the gradient, summed over attributes. {attribute: B x C}, {attribute: B x C bool},
+    cap (one value or B) -> B.
 
     One function for G's training, the direction G is given, and the refinement's steps."""
-    return attribute_margins(logits, classes).clamp(min=-cap).sum(1)
+    cap = torch.as_tensor(cap, dtype=torch.float32).reshape(-1, 1)
+    return torch.maximum(attribute_margins(logits, classes), -cap).sum(1)
 
 
 def worst_margins(model: nn.Module, x: torch.Tensor, logits: dict[str, torch.Tensor],
@@ -109,10 +114,13 @@ def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
 def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
                         classes: dict[str, torch.Tensor], epsilon: float, steps: int, step_size: float,
                         stop_margin: float, shrink: Sequence[float] = (), survive: Transform | None = None,
-                        through: Transform | None = None, shape: Transform | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+                        through: Transform | None = None, shape: Transform | None = None, views: int = 0,
+                        push_margin: float | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
+    With ``push_margin`` (> stop_margin) the steps go on to that margin: a face counts as fooled
+    past ``stop_margin``, but one pushed further on the surrogate fools models the defender does not
+    own more often (transfer); a face that cannot reach it ends at the last step that fooled it.
 
     images, delta: B x 3 x H x W (delta: the starting perturbation); mask: B x 1 x H x W in [0, 1]
     (a soft mask bounds the budget pixel by pixel: the feathered face mask fades it out at the edges);
@@ -123,7 +131,10 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     (:func:`shrink_perturbation`), taking back the last step's overshoot.
     ``survive``: a round trip a fooled face must also survive (checked each step, no gradient);
     ``through``: a differentiable stand-in for it whose gradient is added to each step's;
-    ``shape``: maps the gradient to the step's direction (:func:`shape_step`).
+    ``shape``: maps the gradient to the step's direction (:func:`shape_step`);
+    ``views``: random resized and padded views of the face whose gradients are added to each step's
+    (input diversity, :func:`invisible_face.method.recompression.diverse_input`; seeded, so a face
+    always gets the same perturbation): a step that holds across views transfers further.
     -> (perturbation B x 3 x H x W, |.| <= epsilon * mask, inside the [0, 1] range;
         fooled: B bool, every attribute past the margin at the end;
         the model's logits on images + perturbation, {attribute: B x C}).
@@ -131,25 +142,42 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     bound = epsilon * mask
     delta = (images + torch.maximum(torch.minimum(delta, bound), -bound)).clamp(0, 1) - images
     area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+    repeated = {k: c.repeat(views, 1) for k, c in classes.items()}
+    target = max(stop_margin, push_margin or stop_margin)
+    kept, was_fooled = delta, torch.zeros(len(images), dtype=torch.bool)  # the last step that fooled each face
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
         logits = model(images + d)
-        fooled = (worst_margins(model, images + d, logits, classes, survive) < -stop_margin).all(1)
-        if fooled.all() or step == steps:
+        margins = worst_margins(model, images + d, logits, classes, survive)
+        fooled, reached = (margins < -stop_margin).all(1), (margins < -target).all(1)
+        kept, was_fooled = torch.where(fooled.view(-1, 1, 1, 1), d.detach(), kept), was_fooled | fooled
+        if reached.all() or step == steps:
             break
-        loss = set_margin_loss(logits, classes, stop_margin + 0.5).sum()
+        # the push starts once a face is past the stop: until then its hardest attribute gets the gradient
+        cap = torch.where(fooled, target, stop_margin) + 0.5
+        loss = set_margin_loss(logits, classes, cap).sum()
         if through is not None:
-            loss = loss + set_margin_loss(model(through(images + d)), classes, stop_margin + 0.5).sum()
+            loss = loss + set_margin_loss(model(through(images + d)), classes, cap).sum()
+        if views:  # one batched pass over every view
+            diverse = torch.cat([diverse_input(images + d, 1.0, generator) for _ in range(views)])
+            loss = loss + set_margin_loss(model(diverse), repeated, cap.repeat(views)).sum() / views
         (grad,) = torch.autograd.grad(loss, d)
         grad = (shape(grad) if shape is not None else grad) * mask
         unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * area
-        active = (~fooled).float().view(-1, 1, 1, 1)
+        active = (~reached).float().view(-1, 1, 1, 1)
         delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
         delta = (images + delta).clamp(0, 1) - images
     delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
-    if shrink and fooled.any():
-        shrunk, shrunk_logits, found = shrink_perturbation(model, images, delta, classes, shrink, stop_margin, survive)
-        use = found & fooled
+    fall_back = was_fooled & ~fooled  # pushed, ended short of the push and of the stop: back to the last fooled step
+    if fall_back.any():
+        delta = torch.where(fall_back.view(-1, 1, 1, 1), kept, delta)
+        with torch.no_grad():
+            logits = model(images + delta)
+    fooled = was_fooled
+    if shrink and reached.any():
+        shrunk, shrunk_logits, found = shrink_perturbation(model, images, delta, classes, shrink, target, survive)
+        use = found & reached
         delta = torch.where(use.view(-1, 1, 1, 1), shrunk, delta)
         logits = {k: torch.where(use.view(-1, 1), shrunk_logits[k], v) for k, v in logits.items()}
     return delta, fooled, logits

@@ -33,7 +33,7 @@ from invisible_face.models.networks import AttributeClassifier, build_classifier
 from invisible_face.params import deep_merge
 from invisible_face.protect.photo_io import to_tensor, to_uint8
 
-FORMAT_VERSION = 6  # 6: the survive-JPEG stop rule, shaped refinement steps, strength presets
+FORMAT_VERSION = 7  # 7: the refinement's push margin and input-diversity views
 PATHS = ("generator", "refined", "not_protected")
 
 
@@ -197,9 +197,11 @@ class Protector:
             before = {k: int(v.argmax(1)) for k, v in self.surrogate(crop[None]).items()}
         delta, classes = generator_protect(self.generator, self.surrogate, crop[None], mask, pcfg["cover"],
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
-        # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins)
+        # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins);
+        # G's face must reach the margin the refinement pushes to
+        target = max(rcfg["stop_margin"], rcfg["push_margin"] or 0.0)
         shrunk, logits, protected = shrink_perturbation(self.surrogate, crop[None], delta, classes,
-                                                        [*rcfg["shrink"], 1.0], rcfg["stop_margin"],
+                                                        [*rcfg["shrink"], 1.0], target,
                                                         survives(pcfg["survive_jpeg_quality"]))
         if protected.all():
             delta, path = shrunk, "generator"
@@ -229,7 +231,7 @@ class Protector:
                 break
             delta, fooled, logits = refine_perturbation(
                 self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
-                rcfg["stop_margin"], rcfg["shrink"], survive, through, shape)
+                rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"])
             if fooled.all():
                 return delta, box, logits, "refined"
         if not logits:
