@@ -3,11 +3,13 @@ the check, the refinement fallback) next to a PGD baseline (PGD-10 by default: f
 surrogate, same faces) in the same run, with both methods' MOSR, SSIM,
 PSNR and MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the
 surrogate; where the protector's time goes; and one surrogate forward + backward pass in the
-channels-last layout the protector loads against the plain NCHW layout.
+channels-last layout the protector loads against the plain NCHW layout. With ``--transfer``, both
+methods' written faces are also scored on the models the defender does not own: the zoo and the
+embedding adversary (a black box), as the evaluation scores them.
 
     python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
                                        [--split test] [--known-labels] [--no-pgd] [--pgd-steps 10]
-                                       [--refine KEY=JSON ...]
+                                       [--refine KEY=JSON ...] [--transfer]
 
 Faces are a seeded sample of the split. ``--known-labels`` tells the protector each face's true
 attributes (as the evaluation's ``invisible_face_known_labels``). ``--refine`` overrides the export's
@@ -30,9 +32,12 @@ from PIL import Image
 import invisible_face.protect.protector as protector_module
 from invisible_face.data.faces import sample_rows
 from invisible_face.evaluate.attacks import baseline_attack
+from invisible_face.evaluate.evaluation import TestSet, score
 from invisible_face.evaluate.metrics import mosr, psnr, ssim
 from invisible_face.method.recompression import jpeg
-from invisible_face.models.networks import predict
+from invisible_face.models.classifiers import classifier_path, models_dir
+from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
+from invisible_face.models.networks import load_classifier, predict
 from invisible_face.params import PROJECT_ROOT, load_params
 from invisible_face.protect.photo_io import to_tensor
 from invisible_face.protect.protector import PATHS, Protector
@@ -70,6 +75,22 @@ def forward_backward_ms(model: torch.nn.Module, repeats: int = 30) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
+def transfer(cfg: dict, written: dict[str, torch.Tensor], data: TestSet, protector: Protector) -> None:
+    """Print each method's share of right calls made wrong: the zoo's (mean over models and
+    attributes) and the embedding adversary's per attribute, with its MOSR."""
+    models = models_dir(PROJECT_ROOT / "artifacts")
+    zoo = {m["name"]: load_classifier(classifier_path(m["name"], models)) for m in cfg["classifiers"]["zoo"]}
+    adversary = EmbeddingAdversary.load(classifier_path(cfg["classifiers"]["embedding_adversary"]["name"], models))
+    embed = lambda x: chip_embeddings(x, cfg["landmarks"]["fallback_box"])
+    names = list(data.labels)
+    print(f"right calls made wrong: {'method':16s} {'zoo':>6s}  embedding adversary {' / '.join(names)}, MOSR")
+    for name, x in written.items():
+        row = score(x, data, protector.surrogate, zoo, embed, adversary)
+        fooled = " / ".join(f"{row[f'embedding_adversary_fooled_{a}']:.3f}" for a in names)
+        print(f"{'':24s}{name:16s} {row['zoo_fooled_mean']:6.3f}  {fooled}, "
+              f"{row['embedding_adversary_mosr']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(PROJECT_ROOT / "artifacts/export/protector"))
@@ -80,6 +101,8 @@ def main() -> None:
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--refine", action="append", default=[], metavar="KEY=JSON",
                         help="override one of the export's refine settings")
+    parser.add_argument("--transfer", action="store_true",
+                        help="also score the zoo and the embedding adversary on the written faces")
     args = parser.parse_args()
     cfg = load_params(PROJECT_ROOT / "params.yaml")
     protector = Protector.load(args.model)
@@ -113,7 +136,7 @@ def main() -> None:
                 mosr(after_jpeg, labels))
 
     pgd_name = f"PGD-{args.pgd_steps} (full)"
-    rows = {"Invisible-Face": (ours_ms, *scores(ours))}
+    rows, written = {"Invisible-Face": (ours_ms, *scores(ours))}, {"Invisible-Face": ours}
     if not args.no_pgd:
         start = time.perf_counter()
         pgd = torch.cat([baseline_attack("pgd", protector.surrogate, clean[i:i + 1],
@@ -121,10 +144,13 @@ def main() -> None:
                                          protector.config["protect"]["epsilon"], steps=args.pgd_steps)
                          for i in range(len(chips))])
         pgd_ms = 1000 * (time.perf_counter() - start) / len(chips)
-        rows[pgd_name] = (pgd_ms, *scores((pgd * 255).round() / 255))  # both saved as 8-bit images
+        written[pgd_name] = (pgd * 255).round() / 255  # both saved as 8-bit images
+        rows[pgd_name] = (pgd_ms, *scores(written[pgd_name]))
     print(f"{'method':16s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s}")
     for name, (ms, m, s_, p_, j) in rows.items():
         print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f}")
+    if args.transfer:
+        transfer(cfg, written, TestSet(clean, labels), protector)
     print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")
     for path in PATHS:
         taken = face_ms[[r.path == path for r in records]]
