@@ -2,8 +2,9 @@
 "The generator").
 
 Starting from G's perturbation, a few normalised-gradient steps on the surrogate inside the face
-mask, stopping per face as soon as every attribute is called outside its set by a margin; a face
-the mask cannot protect gets the whole crop. Early stopping keeps PSNR high; a last forward pass
+mask, stopping per face as soon as every attribute is called outside its set by a margin (or by a
+larger push margin, which other models follow more often); a face the mask cannot protect gets the
+whole crop. Early stopping keeps PSNR high; a last forward pass
 then scales the perturbation down as far as the margin allows, since the final step overshoots.
 The sets, the margins and the capped objective here are also what G trains on and is checked by.
 
@@ -136,7 +137,7 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     (input diversity, :func:`invisible_face.method.recompression.diverse_input`; seeded, so a face
     always gets the same perturbation): a step that holds across views transfers further.
     -> (perturbation B x 3 x H x W, |.| <= epsilon * mask, inside the [0, 1] range;
-        fooled: B bool, every attribute past the margin at the end;
+        fooled: B bool, every attribute past ``stop_margin`` at the end;
         the model's logits on images + perturbation, {attribute: B x C}).
     """
     bound = epsilon * mask
