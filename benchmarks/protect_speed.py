@@ -75,7 +75,7 @@ def forward_backward_ms(model: torch.nn.Module, repeats: int = 30) -> float:
     return 1000 * (time.perf_counter() - start) / repeats
 
 
-def transfer(cfg: dict, written: dict[str, torch.Tensor], data: TestSet, protector: Protector) -> None:
+def transfer(cfg: dict, written: dict[str, torch.Tensor], data: TestSet, surrogate: torch.nn.Module) -> None:
     """Print each method's share of right calls made wrong: the zoo's (mean over models and
     attributes) and the embedding adversary's per attribute, with its MOSR."""
     models = models_dir(PROJECT_ROOT / "artifacts")
@@ -85,7 +85,7 @@ def transfer(cfg: dict, written: dict[str, torch.Tensor], data: TestSet, protect
     names = list(data.labels)
     print(f"right calls made wrong: {'method':16s} {'zoo':>6s}  embedding adversary {' / '.join(names)}, MOSR")
     for name, x in written.items():
-        row = score(x, data, protector.surrogate, zoo, embed, adversary)
+        row = score(x, data, surrogate, zoo, embed, adversary)
         fooled = " / ".join(f"{row[f'embedding_adversary_fooled_{a}']:.3f}" for a in names)
         print(f"{'':24s}{name:16s} {row['zoo_fooled_mean']:6.3f}  {fooled}, "
               f"{row['embedding_adversary_mosr']:.3f}")
@@ -150,7 +150,7 @@ def main() -> None:
     for name, (ms, m, s_, p_, j) in rows.items():
         print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f}")
     if args.transfer:
-        transfer(cfg, written, TestSet(clean, labels), protector)
+        transfer(cfg, written, TestSet(clean, labels), protector.surrogate)
     print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")
     for path in PATHS:
         taken = face_ms[[r.path == path for r in records]]

@@ -1,7 +1,13 @@
 import torch
 from torch import nn
 
-from invisible_face.method.refine import plausible_classes, refine_perturbation, set_margin, shrink_perturbation
+from invisible_face.method.refine import (
+    plausible_classes,
+    push_target,
+    refine_perturbation,
+    set_margin,
+    shrink_perturbation,
+)
 from invisible_face.method.regions import rect_masks
 
 
@@ -146,3 +152,9 @@ def test_views_change_the_steps_and_are_seeded():
     again, _, _ = refine_perturbation(*args, **kwargs, views=3)
     assert not torch.allclose(plain, diverse)
     assert torch.equal(diverse, again)
+
+
+def test_push_target_is_the_push_only_past_the_stop():
+    assert push_target(1.0, None) == 1.0
+    assert push_target(1.0, 2.0) == 2.0
+    assert push_target(2.0, 1.0) == 2.0

@@ -65,6 +65,11 @@ def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Te
     return torch.maximum(attribute_margins(logits, classes), -cap).sum(1)
 
 
+def push_target(stop_margin: float, push_margin: float | None) -> float:
+    """The margin the steps aim for: ``push_margin`` where it lies past ``stop_margin``, else the stop."""
+    return max(stop_margin, push_margin or stop_margin)
+
+
 def worst_margins(model: nn.Module, x: torch.Tensor, logits: dict[str, torch.Tensor],
                   classes: dict[str, torch.Tensor], survive: Transform | None) -> torch.Tensor:
     """Set margins of ``x`` (its logits given), and with ``survive`` the larger of those and the
@@ -144,8 +149,7 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     delta = (images + torch.maximum(torch.minimum(delta, bound), -bound)).clamp(0, 1) - images
     area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
     generator = torch.Generator().manual_seed(0)
-    repeated = {k: c.repeat(views, 1) for k, c in classes.items()}
-    target = max(stop_margin, push_margin or stop_margin)
+    target = push_target(stop_margin, push_margin)
     kept, was_fooled = delta, torch.zeros(len(images), dtype=torch.bool)  # the last step that fooled each face
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
@@ -162,6 +166,7 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
             loss = loss + set_margin_loss(model(through(images + d)), classes, cap).sum()
         if views:  # one batched pass over every view
             diverse = torch.cat([diverse_input(images + d, 1.0, generator) for _ in range(views)])
+            repeated = {k: c.repeat(views, 1) for k, c in classes.items()}
             loss = loss + set_margin_loss(model(diverse), repeated, cap.repeat(views)).sum() / views
         (grad,) = torch.autograd.grad(loss, d)
         grad = (shape(grad) if shape is not None else grad) * mask

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from invisible_face.data.landmarks import Face, make_backend
 from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.method.recompression import jpeg_differentiable, survives
-from invisible_face.method.refine import refine_perturbation, shape_step, shrink_perturbation
+from invisible_face.method.refine import push_target, refine_perturbation, shape_step, shrink_perturbation
 from invisible_face.method.regions import rect_masks, select_region
 from invisible_face.models.networks import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.params import deep_merge
@@ -199,9 +199,9 @@ class Protector:
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
         # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins);
         # G's face must reach the margin the refinement pushes to
-        target = max(rcfg["stop_margin"], rcfg["push_margin"] or 0.0)
         shrunk, logits, protected = shrink_perturbation(self.surrogate, crop[None], delta, classes,
-                                                        [*rcfg["shrink"], 1.0], target,
+                                                        [*rcfg["shrink"], 1.0],
+                                                        push_target(rcfg["stop_margin"], rcfg["push_margin"]),
                                                         survives(pcfg["survive_jpeg_quality"]))
         if protected.all():
             delta, path = shrunk, "generator"
