@@ -1,10 +1,12 @@
-"""ms per image for each landmark backend, detection included, on UTKFace chips and on a photo.
+"""ms per image for each landmark backend, detection included, on UTKFace chips; then dlib's detection
+on photos (at the protector's upsampling): by default photos composed from the chips
+(invisible_face.data.synthetic_photos), or the in-the-wild photos of ``--photos DIR``.
 
 FAN's weights cannot be downloaded here: when they are not in the torch hub cache this script
 times a network of FAN's architecture with random weights in a temporary cache (speed does not
 depend on the weight values) and says so.
 
-    python benchmarks/landmarks_speed.py [--images 200]
+    python benchmarks/landmarks_speed.py [--images 200] [--photos DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 
 from invisible_face.data.landmarks import fan_weights_path, make_backend
+from invisible_face.data.synthetic_photos import face_count, write_photos
 from invisible_face.params import PROJECT_ROOT, load_params
 
 
@@ -33,12 +36,17 @@ def time_backend(backend, images: list[np.ndarray], fallback) -> tuple[float, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--photos", type=Path, help="a folder of in-the-wild photos, e.g. ../shared/photos "
+                        "(default: photos composed from the chips)")
     args = parser.parse_args()
     cfg = load_params(PROJECT_ROOT / "params.yaml")
     lcfg = cfg["landmarks"]
-    paths = sorted(Path(PROJECT_ROOT / cfg["data"]["image_dir"]).glob("*.jpg"))[: args.images]
+    image_dir = PROJECT_ROOT / cfg["data"]["image_dir"]
+    paths = sorted(image_dir.glob("*.jpg"))[: args.images]
     chips = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
-    photo = np.asarray(Image.open(PROJECT_ROOT.parent / "shared/photos/obama.jpg").convert("RGB"))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.photos or write_photos(image_dir, tmp)
+        photos = {p.name: np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir()) if p.is_file()}
     print(f"{len(chips)} UTKFace chips (200x200), upsample={lcfg['upsample']}, torch threads={torch.get_num_threads()}")
 
     results = {}
@@ -61,10 +69,13 @@ def main() -> None:
         print(f"{name:5s} {ms:7.1f} ms/chip  faces detected {detected}/{len(chips)}"
               f"{note if name == 'fan' else ''}")
     print(f"fan/dlib time ratio: {results['fan'][0] / results['dlib'][0]:.1f}x")
-    start = time.perf_counter()
-    faces = dlib_backend.detect(photo)
-    print(f"dlib on a {photo.shape[1]}x{photo.shape[0]} photo: {1000 * (time.perf_counter() - start):.0f} ms, "
-          f"{len(faces)} face(s)")
+    upsample = cfg["protector"]["upsample"]  # photos are detected as the protector does, not as chips
+    for name, photo in photos.items():
+        start = time.perf_counter()
+        faces = dlib_backend.detect(photo, upsample)
+        placed = "" if args.photos else f" of {face_count(name)} placed"
+        print(f"dlib on {name} ({photo.shape[1]}x{photo.shape[0]}, upsample {upsample}): "
+              f"{1000 * (time.perf_counter() - start):.0f} ms, {len(faces)} face(s){placed}")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@
     python benchmarks/serve_load.py --model artifacts/export/protector
     python benchmarks/serve_load.py --tiny --kill-replica   # kill the model replica mid-load
 
-N client threads POST the photos of ../shared/photos (round robin, downscaled to --max-side) to
-/protect until --requests are done or --duration seconds pass. Each phase deploys the app from
-serving/config.yaml; the batching gain compares the config's max_batch_size with max_batch_size 1
-in the same run. --kill-replica SIGKILLs the worker process of a ProtectorModel replica (its pid from
-/healthz before the load; what an out-of-memory kill does) a few seconds into the load and reports
-when Serve replaced it, how the requests in flight at the kill ended (the ingress retries a call
-whose replica died once, so none should fail), and how many requests were retried (``X-Retried: 1``,
-and the ingress's counts in /healthz). Results are printed, not asserted.
+N client threads POST photos (round robin, downscaled to --max-side) to /protect until --requests
+are done or --duration seconds pass: by default photos composed from the dataset's UTKFace chips
+(invisible_face.data.synthetic_photos, 0 to 2 faces each), or the in-the-wild photos of --photos
+DIR. Each phase deploys the app from serving/config.yaml; the batching gain compares the config's
+max_batch_size with max_batch_size 1 in the same run. --kill-replica SIGKILLs the worker process of
+a ProtectorModel replica (its pid from /healthz before the load; what an out-of-memory kill does) a
+few seconds into the load and reports when Serve replaced it, how the requests in flight at the kill
+ended (the ingress retries a call whose replica died once, so none should fail), and how many
+requests were retried (``X-Retried: 1``, and the ingress's counts in /healthz). Results are printed,
+not asserted.
 """
 
 import argparse
@@ -134,7 +136,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="export stem or models:/name@alias (default: the config's)")
     parser.add_argument("--tiny", action="store_true", help="serve an untrained export (fast; no quality)")
-    parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "photos"))
+    parser.add_argument("--photos", help="a folder of in-the-wild photos, e.g. ../shared/photos "
+                        "(default: photos composed from the dataset's chips)")
     parser.add_argument("--max-side", type=int, default=640, help="downscale photos to this side (0: as is)")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=48, help="per phase")
@@ -147,6 +150,7 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from invisible_face.data.synthetic_photos import write_photos
     from invisible_face.params import load_params
     from invisible_face.protect.protector import untrained_export
 
@@ -156,9 +160,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     try:
         config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())["applications"][0]["args"]
-        model = untrained_export(tmp / "protector", load_params(ROOT / "params.yaml")) if args.tiny \
-            else Path(args.model or config["model"])
-        photos = load_photos(Path(args.photos), args.max_side)
+        params = load_params(ROOT / "params.yaml")
+        model = untrained_export(tmp / "protector", params) if args.tiny else Path(args.model or config["model"])
+        folder = Path(args.photos) if args.photos else write_photos(ROOT / params["data"]["image_dir"], tmp / "photos")
+        photos = load_photos(folder, args.max_side)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}"

@@ -140,9 +140,11 @@ class ProtectorModel:
     def info(self) -> dict[str, Any]:
         """Model and batching state for ``/healthz`` and ``/analyze``."""
         surrogate = self.protector.config["surrogate"]
+        members = surrogate.get("members", {"surrogate": surrogate})  # an ensemble, or one classifier
         return {"model": self.source, "warm": self.warm,
                 "replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
-                "surrogate": {"arch": surrogate["arch"], "input_size": surrogate["input_size"]},
+                "surrogate": {"arch": " + ".join(m["arch"] for m in members.values()),
+                              "input_size": " / ".join(str(m["input_size"]) for m in members.values())},
                 "attributes": self.protector.config["attributes"],
                 "target": ({"available": True,
                             **{k: self.protector.config["target"][k] for k in ("name", "arch", "input_size")}}

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic UTKFace-like folders and the committed params."""
+"""Shared fixtures: small synthetic UTKFace-like folders, photos composed from the dataset, the committed params."""
 
 from __future__ import annotations
 
@@ -11,12 +11,30 @@ from PIL import Image
 
 from invisible_face.params import PROJECT_ROOT, load_params
 
-SHARED = PROJECT_ROOT.parent / "shared"
+SHARED = PROJECT_ROOT.parent / "shared"  # still read by test_landmarks; the others use the photos fixture
 
 
 @pytest.fixture(scope="session")
 def params() -> dict:
     return load_params(PROJECT_ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def utkface_dir(params) -> Path:
+    """The dataset's chips (``dvc pull data.dvc``); the test is skipped without them."""
+    image_dir = PROJECT_ROOT / params["data"]["image_dir"]
+    if not any(image_dir.glob("*.jpg")):
+        pytest.skip(f"no UTKFace chips in {image_dir}: run `dvc pull data.dvc`")
+    return image_dir
+
+
+@pytest.fixture(scope="session")
+def photos(utkface_dir, tmp_path_factory) -> Path:
+    """A folder of photos composed from UTKFace chips (invisible_face.data.synthetic_photos.LAYOUTS:
+    one face, two with one rolled 15 degrees, a 60 px one, one at the edge, none, grayscale, RGBA PNG)."""
+    from invisible_face.data.synthetic_photos import write_photos
+
+    return write_photos(utkface_dir, tmp_path_factory.mktemp("photos"))
 
 
 def write_chip(path: Path, seed: int, size=(200, 200), mode="RGB") -> None:

@@ -1,4 +1,4 @@
-"""``invisible-face protect`` on the real photos of ../shared/photos."""
+"""``invisible-face protect`` on photos composed from UTKFace chips (the ``photos`` fixture)."""
 
 import json
 import shutil
@@ -7,43 +7,40 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from conftest import SHARED
+from invisible_face.data.synthetic_photos import LAYOUTS, face_count
 from invisible_face.protect.cli import main
 
-PHOTOS = SHARED / "photos"
 
-
-def test_protect_photos_folder(tmp_path, tiny_protector):
+def test_protect_photos_folder(tmp_path, tiny_protector, photos):
     inputs = tmp_path / "in"
-    shutil.copytree(PHOTOS, inputs)
-    for name in ("obama-1080p.jpg", "biden.jpg"):  # large; their faces are covered by obama.jpg
-        (inputs / name).unlink()
+    shutil.copytree(photos, inputs)
     (inputs / "notes.jpg").write_text("not an image at all")
     # a JPEG with EXIF (GPS included) and a rotation flag
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise for display
     exif[0x8825] = {1: "N", 2: (48.0, 51.0, 24.0)}
-    Image.open(PHOTOS / "obama.jpg").rotate(90, expand=True).save(inputs / "rotated_gps.jpg", exif=exif)
+    Image.open(photos / "portrait.jpg").rotate(90, expand=True).save(inputs / "rotated_gps.jpg", exif=exif)
 
     out, report = tmp_path / "out", tmp_path / "report.json"
     code = main(["protect", str(inputs), "--out", str(out), "--model", str(tiny_protector), "--report", str(report)])
     rows = {r["file"].split("/")[-1]: r for r in json.loads(report.read_text())}
-    assert code == 1  # one file is not an image
+    assert code == 1  # one file is not an image (and one photo has no face)
     assert rows["notes.jpg"]["status"] == "error" and "not a readable image" in rows["notes.jpg"]["reason"]
-    assert len(rows["kit_with_rose.jpg"]["faces"]) == 2
-    assert len(rows["obama_and_biden.jpg"]["faces"]) == 3
-    for name in ("obama.jpg", "kit_with_rose.jpg", "32bit.png", "obama_partial_face.jpg", "rotated_gps.jpg"):
-        assert rows[name]["status"] == "protected", (name, rows[name])
+    # every face composed into a photo is found (rolled, 60 px, at the edge, gray) and none elsewhere
+    for name in [*LAYOUTS, "rotated_gps.jpg"]:
+        faces = face_count(name) if name in LAYOUTS else 1
+        assert len(rows[name]["faces"]) == faces, (name, rows[name])
+        assert rows[name]["status"] == ("protected" if faces else "no_face"), (name, rows[name])
         assert (out / name).exists()
 
-    png = Image.open(out / "32bit.png")
+    png = Image.open(out / "rgba.png")
     assert png.format == "PNG" and png.mode == "RGBA"
-    np.testing.assert_array_equal(np.asarray(png)[:, :, 3], np.asarray(Image.open(PHOTOS / "32bit.png"))[:, :, 3])
+    np.testing.assert_array_equal(np.asarray(png)[:, :, 3], np.asarray(Image.open(photos / "rgba.png"))[:, :, 3])
     rotated = Image.open(out / "rotated_gps.jpg")
     assert rotated.format == "JPEG" and not rotated.getexif() and "exif" not in rotated.info
-    assert rotated.size == Image.open(PHOTOS / "obama.jpg").size  # the EXIF rotation was applied
-    original = np.asarray(Image.open(PHOTOS / "obama.jpg").convert("RGB")).astype(int)
-    protected = np.asarray(Image.open(out / "obama.jpg").convert("RGB")).astype(int)
+    assert rotated.size == Image.open(photos / "portrait.jpg").size  # the EXIF rotation was applied
+    original = np.asarray(Image.open(photos / "portrait.jpg").convert("RGB")).astype(int)
+    protected = np.asarray(Image.open(out / "portrait.jpg").convert("RGB")).astype(int)
     assert protected.shape == original.shape and np.abs(protected - original).mean() < 3
 
 
@@ -68,11 +65,10 @@ def test_aligned_chip_and_installed_entry_point(tmp_path, tiny_protector, chip_f
     assert Image.open(tmp_path / chip.name).size == (200, 200)
 
 
-def test_animated_gif_is_refused_with_the_reason(tmp_path, tiny_protector, capsys):
+def test_animated_gif_is_refused_with_the_reason(tmp_path, tiny_protector, photos, capsys):
     """An animated GIF is not protected as its first frame alone: an error row naming why, no output
     file, a non-zero exit; the still photo beside it is protected as usual."""
-    face = Image.open(PHOTOS / "obama.jpg").convert("RGB")
-    face = face.resize((200, round(200 * face.height / face.width)))
+    face = Image.open(photos / "portrait.jpg").convert("RGB")
     inputs = tmp_path / "in"
     inputs.mkdir()
     frames = [face.point(lambda v, k=k: v * (10 - k) // 10) for k in range(3)]

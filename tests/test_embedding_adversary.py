@@ -8,27 +8,28 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED
+from invisible_face.data.synthetic_photos import face_count, pick_chips
 from invisible_face.models import embedding_adversary as ea
 from invisible_face.models.classifiers import classifier_path
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
 from invisible_face.models.identity import SAME_PERSON
 
-PHOTOS = SHARED / "photos"
 BOX = (0.075, 0.075, 0.97, 0.97)  # params landmarks.fallback_box
-# dlib HOG boxes (upsample 1) of faces in the shared photos: (photo, x0, y0, x1, y1)
-FACES = {"obama": ("obama.jpg", 349, 142, 617, 409), "biden": ("biden.jpg", 419, 241, 740, 562),
-         "kit": ("kit_with_rose.jpg", 247, 92, 354, 199)}
 
 
-def chip(face: str, shift: int = 0, size: int = 200) -> torch.Tensor:
-    """A face of the shared photos cut out like a UTKFace chip (its box at BOX) -> 3 x size x size uint8."""
-    photo, x0, y0, x1, y1 = FACES[face]
-    side = max(x1 - x0, y1 - y0) / (BOX[2] - BOX[0])
-    left, top = x0 - BOX[0] * side + shift, y0 - BOX[1] * side + shift
-    with Image.open(PHOTOS / photo) as img:
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+@pytest.fixture(scope="module")
+def chip(utkface_dir):
+    """chip(k, shift) -> UTKFace chip k of three people who differ in gender or race (pick_chips),
+    its content moved ``shift`` px up and left (edge pixels repeated) -> 3 x 200 x 200 uint8."""
+    paths = pick_chips(utkface_dir, 3)
+
+    def cut(k: int, shift: int = 0) -> torch.Tensor:
+        with Image.open(paths[k]) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        pixels = np.pad(pixels, ((0, shift), (0, shift), (0, 0)), mode="edge")[shift:, shift:]
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+    return cut
 
 
 def blobs(n: int, attributes: dict[str, int], seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -44,8 +45,8 @@ def blobs(n: int, attributes: dict[str, int], seed: int) -> tuple[np.ndarray, di
 ATTRIBUTES = {"gender": 2, "age_bin": 5, "race": 5}
 
 
-def test_chip_embeddings_of_real_faces():
-    chips = torch.stack([chip("obama"), chip("obama", shift=3), chip("biden"), chip("kit")])
+def test_chip_embeddings_of_real_faces(chip):
+    chips = torch.stack([chip(0), chip(0, shift=3), chip(1), chip(2)])
     emb = chip_embeddings(chips, BOX)
     assert emb.shape == (4, 128) and emb.dtype == np.float32
     assert np.isfinite(emb).all() and (np.linalg.norm(emb, axis=1) > 0.5).all()
@@ -85,8 +86,8 @@ def test_heads_learn_and_round_trip(tmp_path, hidden):
             assert torch.equal(logits, model(torch.from_numpy(x))[a])
 
 
-def test_predict_images_embeds_then_predicts(tmp_path):
-    chips = torch.stack([chip("obama"), chip("biden"), chip("kit")])
+def test_predict_images_embeds_then_predicts(tmp_path, chip):
+    chips = torch.stack([chip(0), chip(1), chip(2)])
     emb = chip_embeddings(chips, BOX)
     labels = {"gender": np.array([0, 0, 1]), "age_bin": np.array([2, 3, 1]), "race": np.array([1, 0, 0])}
     model = EmbeddingAdversary(ATTRIBUTES)
@@ -97,7 +98,7 @@ def test_predict_images_embeds_then_predicts(tmp_path):
         np.testing.assert_array_equal(pred[a], model.predict_embeddings(emb)[a])
 
 
-def test_protection_never_touches_the_embedding_adversary(monkeypatch, tiny_protector):
+def test_protection_never_touches_the_embedding_adversary(monkeypatch, tiny_protector, chip, photos):
     from invisible_face.models.identity import IdentityEmbedder
     from invisible_face.protect.protector import Protector
 
@@ -112,9 +113,9 @@ def test_protection_never_touches_the_embedding_adversary(monkeypatch, tiny_prot
         ea.chip_embeddings(np.zeros((1, 3, 8, 8), np.uint8), BOX)
 
     protector = Protector.load(tiny_protector)
-    face = chip("obama").permute(1, 2, 0).numpy()
+    face = chip(0).permute(1, 2, 0).numpy()
     out, records = protector.protect_chip(face)
     assert out.shape == face.shape and len(records) == 1
-    photo = np.asarray(Image.open(PHOTOS / "kit_with_rose.jpg").convert("RGB"))
+    photo = np.asarray(Image.open(photos / "two_faces.jpg").convert("RGB"))
     out, records = protector.protect(photo)
-    assert out.shape == photo.shape and len(records) == 2
+    assert out.shape == photo.shape and len(records) == face_count("two_faces.jpg")

@@ -76,13 +76,13 @@ def test_score_embeds_the_clean_faces_once_and_scores_identity_and_the_embedding
     same = score(images.clone(), data, model, {}, embed, adversary)
     assert data.clean_embeddings is not None and embedded == [4, 4]
     assert same["identity_distance"] == 0.0 and same["identity_kept"] == 1.0
-    assert same["embedding_adversary_fooled_a"] == 0.0 and same["embedding_adversary_mosr"] == 0.0
+    assert same["known_backbone_fooled_a"] == 0.0 and same["known_backbone_mosr"] == 0.0
     flipped = images.clone()
     flipped[:, 0, 0, 0] = 1 - flipped[:, 0, 0, 0]  # every call of the adversary turns
     other = score(flipped, data, model, {}, embed, adversary)
     assert embedded == [4, 4, 4]  # the clean chips were embedded once
-    assert other["identity_distance"] > 0 and other["embedding_adversary_fooled_a"] == 1.0
-    assert other["embedding_adversary_mosr"] == 1.0 and other["perceptual"] == "surrogate_features"
+    assert other["identity_distance"] > 0 and other["known_backbone_fooled_a"] == 1.0
+    assert other["known_backbone_mosr"] == 1.0 and other["perceptual"] == "surrogate_features"
 
 
 def test_score_reports_transfer_per_attribute_against_each_zoo_models_clean_calls():
@@ -131,13 +131,13 @@ def test_frontier_has_one_curve_per_method_and_robustness_one_row_per_method(tmp
     from invisible_face.evaluate.evaluation import frontier_figure, frontier_table, robustness_figure, robustness_table
 
     row = lambda psnr, fooled: {"psnr": psnr, "ssim": 0.9, "mosr": 0.9, "zoo_fooled_mean": fooled,
-                                "embedding_adversary_mosr": fooled / 2, "embedding_adversary_fooled_mean": fooled}
+                                "known_backbone_mosr": fooled / 2, "known_backbone_fooled_mean": fooled}
     results = {"ours_light": row(38, 0.1), "ours": row(35, 0.2), "pgd_eps4": row(36, 0.05), "pgd": row(30, 0.15)}
     table = frontier_table(results, {"ours": ["ours_light", "ours", "missing"], "pgd": ["pgd_eps4", "pgd"]})
     assert list(table["method"]) == ["ours_light", "ours", "pgd_eps4", "pgd"]  # methods not run are left out
     drawn = frontier_figure(table, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 1000
-    assert drawn["embedding_adversary_mosr"] == ["ours", "pgd"] and drawn["zoo_fooled_mean"] == ["ours", "pgd"]
+    assert drawn["known_backbone_mosr"] == ["ours", "pgd"] and drawn["zoo_fooled_mean"] == ["ours", "pgd"]
 
     robust = {"ours": {"mosr_after_jpeg75": 0.5, "mosr_after_dncnn": 0.7}, "pgd": {"mosr_after_jpeg75": 0.8}}
     table = robustness_table(results, robust)

@@ -27,7 +27,6 @@ from PIL import Image
 
 from invisible_face.params import PROJECT_ROOT
 
-PHOTOS = PROJECT_ROOT.parent / "shared" / "photos"
 MAX_UPLOAD, MAX_PIXELS = 3_000_000, 3_000_000
 
 
@@ -83,10 +82,10 @@ def decode(data: bytes) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def face() -> Image.Image:
-    """obama.jpg at 300 px wide (a face of about 90 px): quick to protect."""
-    img = Image.open(PHOTOS / "obama.jpg").convert("RGB")
-    return img.resize((300, round(300 * img.height / img.width)))
+def face(photos) -> Image.Image:
+    """A 300 x 240 photo with one face of about 90 px (a composed one): quick to protect."""
+    with Image.open(photos / "portrait.jpg") as img:
+        return img.convert("RGB")
 
 
 def post(url: str, data: bytes, path: str = "/protect", name: str = "photo.jpg", **params) -> requests.Response:
@@ -387,8 +386,8 @@ def test_model_resolves_from_the_mlflow_registry(tiny_protector, tmp_path):
 
 # ------------------------------------------------------------------------------- browser
 
-def test_browser_upload_shows_protected_photo_and_predictions(url, tmp_path):
-    """Real headless Chromium: upload obama.jpg through the page, wait for the result, screenshot
+def test_browser_upload_shows_protected_photo_and_predictions(url, photos, tmp_path):
+    """Real headless Chromium: upload a one-face photo through the page, wait for the result, screenshot
     (into docs/serving-page.png when UPDATE_SCREENSHOTS=1)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
@@ -406,7 +405,7 @@ def test_browser_upload_shows_protected_photo_and_predictions(url, tmp_path):
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         driver.get(url + "/")
-        driver.find_element(By.ID, "file").send_keys(str(PHOTOS / "obama.jpg"))
+        driver.find_element(By.ID, "file").send_keys(str(photos / "portrait.jpg"))
         WebDriverWait(driver, 150).until(
             lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") in ("done", "error"))
         status = driver.find_element(By.ID, "status").text
@@ -414,7 +413,8 @@ def test_browser_upload_shows_protected_photo_and_predictions(url, tmp_path):
         assert status.startswith("Protected 1 face")
         rows = driver.find_elements(By.CSS_SELECTOR, "#predictions tr")
         assert len(rows) == 1 + 3  # header + gender, age_bin, race
-        assert driver.find_element(By.ID, "protected").get_attribute("width") == "910"
+        width = Image.open(photos / "portrait.jpg").width
+        assert driver.find_element(By.ID, "protected").get_attribute("width") == str(width)
         assert driver.find_element(By.ID, "download").get_attribute("href").startswith("data:image/jpeg;base64,")
         text = driver.find_element(By.ID, "predictions").text
         assert "target_tiny before" in text and "never attacked" in text

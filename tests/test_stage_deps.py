@@ -104,7 +104,7 @@ def covered(path: str, deps: list[str]) -> bool:
 def test_every_stage_runs_a_component_script() -> None:
     for name, stage in STAGES.items():
         script = stage_script(stage)
-        expected = "components/train/main.py" if name == "ablation" else f"components/{name}/main.py"
+        expected = f"components/{name}/main.py"
         assert script == expected, name
         source = (ROOT / script).read_text()
         assert 'if __name__ == "__main__":' in source, f"{script} must not run main() on import"

@@ -7,10 +7,11 @@ models/<name>.pt (plain state dict, loads with torch.load(weights_only=True)) + 
 confusion/<name>_<attribute>.png, metrics.json (test accuracy per model and attribute). One MLflow
 run per model in the experiment "classifiers".
 
-Then the embedding adversary (params.classifiers.embedding_adversary, invisible_face.models.embedding_adversary):
-attribute heads on dlib's pretrained face embedding of a seeded sample of target_train chips at their
-native resolution, scored on a seeded sample of the test chips, saved as models/<name>.safetensors +
-models/<name>.json.
+Then attribute heads on dlib's pretrained face embedding (invisible_face.models.face_backbone), chips at
+their native resolution, scored on a seeded sample of the test chips, saved as models/<name>.safetensors +
+models/<name>.json: the defender's face-backbone surrogate (params.classifiers.face_surrogate, on
+surrogate_train, through the PyTorch copy of the network) and the embedding adversary
+(params.classifiers.embedding_adversary, on target_train, through dlib itself).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from tqdm import tqdm
 from invisible_face.data.faces import FaceAttributes
 from invisible_face.evaluate.metrics import accuracy_and_confusion
 from invisible_face.models.classifiers import attribute_sizes, classifier_path, evaluate, train_classifier
-from invisible_face.models.embedding_adversary import ARCH, EmbeddingAdversary, chip_embeddings
+from invisible_face.models.embedding_adversary import ARCH as ADVERSARY_ARCH
+from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
+from invisible_face.models.face_backbone import ARCH as FACE_ARCH
+from invisible_face.models.face_backbone import FaceBackboneSurrogate, embed_chips
 from invisible_face.models.networks import save_classifier
 from invisible_face.params import load_params
 from invisible_face.tracking import run_tags, setup_mlflow
@@ -62,54 +66,63 @@ def log_confusion(name: str, confusion: dict[str, np.ndarray], classes: dict[str
         plt.close(fig)
 
 
-def embedding_adversary(params: dict, manifest: Path, image_dir: Path, out: Path, tags: dict[str, str]
-                        ) -> dict[str, object]:
-    """Train, score and save the embedding adversary (one MLflow run) -> its metrics.json entry.
+def embedding_heads(params: dict, role: str, manifest: Path, image_dir: Path, out: Path, tags: dict[str, str]
+                    ) -> dict[str, object]:
+    """Train, score and save attribute heads on dlib's face embedding (one MLflow run) -> its metrics.json entry.
 
-    Chips load at the 200 px the evaluation protects them at (params ``ldman.image_size``), not at
-    the zoo's 64 px: dlib embeds a 150 px aligned face (about 70 ms a chip on one core, so the test
-    split is a seeded sample of ``test_images`` chips)."""
-    cfg, seed = params["classifiers"]["embedding_adversary"], params["seed"]
+    ``role`` target: the embedding adversary (params ``classifiers.embedding_adversary``), on
+    target_train, embedded by dlib itself as a scraper would. ``role`` surrogate: the defender's
+    face-backbone surrogate (``classifiers.face_surrogate``), on surrogate_train, embedded by the
+    PyTorch copy of the same network it attacks through. Chips load at the 200 px the evaluation
+    protects them at (params ``ldman.image_size``); the test split is a seeded sample."""
+    cfg = params["classifiers"]["embedding_adversary" if role == "target" else "face_surrogate"]
+    seed, split = params["seed"], "target_train" if role == "target" else "surrogate_train"
     attributes = attribute_sizes(params)
     classes = {a: spec["classes"] for a, spec in params["data"]["attributes"].items()}
     size, box = int(params["ldman"]["image_size"]), params["landmarks"]["fallback_box"]
-    name = cfg["name"]
+    name, test_images = cfg["name"], params["classifiers"]["embedding_adversary"]["test_images"]
+    if role == "target":
+        model, arch = EmbeddingAdversary(attributes, cfg["hidden"]), ADVERSARY_ARCH
+        embed = lambda images: chip_embeddings(images, box)
+    else:
+        model, arch = FaceBackboneSurrogate(attributes, cfg["hidden"], box), FACE_ARCH
+        embed = lambda images: embed_chips(model, images, box)
 
     def chips(split: str, limit: int | None) -> FaceAttributes:
         return FaceAttributes(manifest, image_dir, [split], list(attributes), size=size, limit=limit, seed=seed)
 
-    with mlflow.start_run(run_name=name, tags={**tags, "role": "target", "arch": ARCH}):
+    with mlflow.start_run(run_name=name, tags={**tags, "role": role, "arch": arch}):
         run_params = {k: cfg[k] for k in ("train_images", "hidden", "epochs", "lr", "weight_decay")}
         mlflow.log_params({**run_params, "image_size": size, "box": ",".join(map(str, box)), "seed": seed,
-                           "attributes": ",".join(attributes)})
+                           "attributes": ",".join(attributes), "split": split})
         t0 = time.time()
-        train = chips("target_train", cfg["train_images"])
+        train = chips(split, cfg["train_images"])
         t_embed = time.time()
-        embeddings = chip_embeddings(train.images, box)
+        embeddings = embed(train.images)
         ms_per_chip = 1000 * (time.time() - t_embed) / len(train)
-        model = EmbeddingAdversary(attributes, cfg["hidden"])
-        losses = model.fit(embeddings, train.labels, cfg["epochs"], cfg["lr"], cfg["weight_decay"], seed)
+        heads = model if role == "target" else model.heads
+        losses = heads.fit(embeddings, train.labels, cfg["epochs"], cfg["lr"], cfg["weight_decay"], seed)
         train_s = time.time() - t0
         for step in range(0, len(losses), max(1, len(losses) // 50)):
             mlflow.log_metric("train_loss", losses[step], step=step)
 
-        test = chips("test", cfg["test_images"])
-        accuracy, confusion = accuracy_and_confusion(model.predict_images(test.images, box), test.labels, attributes)
+        test = chips("test", test_images)
+        accuracy, confusion = accuracy_and_confusion(heads.predict_embeddings(embed(test.images)), test.labels,
+                                                     attributes)
         log_confusion(name, confusion, classes, out)
         result: dict[str, object] = {f"test_acc_{a}": acc for a, acc in accuracy.items()}
         result["test_acc_mean"] = float(np.mean(list(accuracy.values())))
         result |= {"train_time_s": round(train_s, 1), "train_images": len(train), "test_images": len(test),
-                   "embed_ms_per_chip": round(ms_per_chip, 1),
-                   "train_loss": round(losses[-1], 4)}
+                   "embed_ms_per_chip": round(ms_per_chip, 1), "train_loss": round(losses[-1], 4)}
         mlflow.log_metrics({k: float(v) for k, v in result.items()})
         path = model.save(classifier_path(name, out / "models"),
-                          extra={"name": name, "role": "target", "train_splits": ["target_train"],
-                                 "image_size": size, "box_fractions": list(box), "test_accuracy": accuracy, **tags})
+                          extra={"name": name, "role": role, "train_splits": [split], "image_size": size,
+                                 "test_accuracy": accuracy, **tags})
         mlflow.log_artifact(str(path), "model")
         mlflow.log_artifact(str(path.with_suffix(".json")), "model")
-        print(f"{name} ({ARCH}, target): " + ", ".join(f"{a} {acc:.3f}" for a, acc in accuracy.items())
+        print(f"{name} ({arch}, {role}): " + ", ".join(f"{a} {acc:.3f}" for a, acc in accuracy.items())
               + f"  [{train_s:.0f} s, {ms_per_chip:.0f} ms/chip, {len(test)} test chips]", flush=True)
-        return {"role": "target", "arch": ARCH, **result}
+        return {"role": role, "arch": arch, **result}
 
 
 def main() -> int:
@@ -173,7 +186,9 @@ def main() -> int:
             print(f"{name} ({spec['arch']}, {spec['role']}): " + ", ".join(
                 f"{a} {acc:.3f}" for a, acc in accuracy.items()) + f"  [{train_s:.0f} s]", flush=True)
 
-    metrics[cfg["embedding_adversary"]["name"]] = embedding_adversary(params, manifest, image_dir, out, tags)
+    if cfg.get("face_surrogate"):
+        metrics[cfg["face_surrogate"]["name"]] = embedding_heads(params, "surrogate", manifest, image_dir, out, tags)
+    metrics[cfg["embedding_adversary"]["name"]] = embedding_heads(params, "target", manifest, image_dir, out, tags)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
     return 0

@@ -37,9 +37,9 @@ from invisible_face.evaluate.evaluation import (
     truth_in_cover,
 )
 from invisible_face.evaluate.metrics import mosr
-from invisible_face.method.ldman import Generator
 from invisible_face.models.classifiers import attribute_sizes, classifier_path, surrogate_path
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
+from invisible_face.models.face_backbone import FaceBackboneSurrogate
 from invisible_face.models.networks import load_classifier
 from invisible_face.models.perceptual import Perceptual
 from invisible_face.params import load_params
@@ -73,9 +73,11 @@ def protector_method(protector: Protector, known_labels: bool = False, records: 
     return protect
 
 
-# Protector variants (inference-time switches on the same export): what each part contributes.
-# name -> (config overrides, whether it is told the true labels)
+# Protector variants (inference-time switches on the same export): what each part contributes; params
+# ``evaluate.variants`` picks the ones a run scores. name -> (config overrides, whether it is told the true labels)
 VARIANTS = {
+    # the face embedding's move bounded: the face stays the same person to face_recognition
+    "invisible_face_keep_identity": ({"refine": {"keep_identity": True}}, False),
     "invisible_face_known_labels": ({}, True),
     # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
     "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
@@ -90,23 +92,6 @@ VARIANTS = {
 }
 STRENGTHS = ("light", "strong")  # the presets beside the deployed default (standard): invisible_face_<preset>
 
-# The costlier few that also face the adaptive attacker (a DnCNN trained on 200 chips each protects)
-ADAPTIVE = ("invisible_face", "pgd")
-
-# The L_robust ablation: G retrained without its recompression term (ablation stage), run as the
-# deployed protector and as G alone.
-WITHOUT_ROBUST = {
-    "invisible_face_no_robust": {},
-    "invisible_face_g_only_no_robust": VARIANTS["invisible_face_g_only"][0],
-}
-
-
-def load_generator(path: str, protector: Protector) -> Generator:
-    """A G trained elsewhere (plain state dict, weights_only load), shaped like the export's."""
-    generator = Generator(**protector.config["generator"])
-    generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return generator.eval()
-
 
 def chips_of(cfg: dict, split: str, n: int) -> FaceAttributes:
     """A seeded sample of ``n`` chips of ``split`` at the protector's resolution, with their labels."""
@@ -118,7 +103,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", default="artifacts/export/protector")
-    parser.add_argument("--ablation", default="artifacts/ablation/generator.pt", help="G of the L_robust ablation")
     parser.add_argument("--out", default="artifacts/evaluate")
     args = parser.parse_args()
 
@@ -126,9 +110,11 @@ def main() -> None:
     ecfg = cfg["evaluate"]
     faces = chips_of(cfg, "test", ecfg["test_images"])
     data = TestSet(faces.images.float() / 255, dict(faces.labels))
-    surrogate = load_classifier(surrogate_path(cfg))
+    surrogate = load_classifier(surrogate_path(cfg))  # the white-box ResNet-18: MOSR, robustness, the baselines
+    face_cfg = cfg["classifiers"].get("face_surrogate")  # the ensemble's other member, scored white-box too
+    members = {face_cfg["name"]: FaceBackboneSurrogate.load(classifier_path(face_cfg["name"]))} if face_cfg else {}
     zoo = {m["name"]: load_classifier(classifier_path(m["name"])) for m in cfg["classifiers"]["zoo"]}
-    # face embeddings of the written images: identity kept, and the embedding adversary's input (a black
+    # dlib's own face embeddings of the written images: identity kept, and the known-backbone adversary's input (a
     # box: the protector never calls it)
     embed = lambda x: chip_embeddings(x, cfg["landmarks"]["fallback_box"])
     adversary = EmbeddingAdversary.load(classifier_path(cfg["classifiers"]["embedding_adversary"]["name"]))
@@ -140,11 +126,9 @@ def main() -> None:
     methods = {"invisible_face": protector_method(protector, records=deployed_records)}
     for preset in STRENGTHS:
         methods[f"invisible_face_{preset}"] = protector_method(protector.with_strength(preset))
-    for name, (override, known_labels) in VARIANTS.items():
+    for name in ecfg["variants"]:
+        override, known_labels = VARIANTS[name]
         methods[name] = protector_method(protector.variant(override), known_labels)
-    generator_ablation = load_generator(args.ablation, protector)
-    for name, override in WITHOUT_ROBUST.items():
-        methods[name] = protector_method(protector.variant(override, generator_ablation))
     # the baselines at the common budget, and at smaller ones for the frontier (<name>_eps<k>: k/255)
     budgets = {name: epsilon for name in ecfg["baselines"]}
     fcfg = ecfg["frontier"]
@@ -161,24 +145,29 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, robust, deltas = {}, {}, {}
+    # the presets and variants run on the first ``variant_images`` of the same chips (each takes seconds a face)
+    variant_data = TestSet(data.images[:ecfg["variant_images"]],
+                           {k: v[:ecfg["variant_images"]] for k, v in data.labels.items()})
     for name, protect in methods.items():
-        print(f"evaluate: {name}", flush=True)
-        protected, ms = run_method(protect, data)
+        on = variant_data if name.startswith("invisible_face_") else data
+        print(f"evaluate: {name} ({len(on.images)} chips)", flush=True)
+        protected, ms = run_method(protect, on)
         if name == "invisible_face":  # the test chips' records, before the adaptive attacker's chips add theirs
             test_records = list(deployed_records)
-        results[name] = {**score(protected, data, surrogate, zoo, embed, adversary, perceptual), "ms_per_image": ms}
-        robust[name] = robustness(protected, data, surrogate)
-        if name in ADAPTIVE:
+        results[name] = {**score(protected, on, surrogate, zoo, embed, adversary, perceptual, members),
+                         "ms_per_image": ms, "chips": len(on.images)}
+        robust[name] = robustness(protected, on, surrogate)
+        if name in ecfg["adaptive"]["methods"]:
             print(f"evaluate: adaptive DnCNN attacker against {name}", flush=True)
             pairs, _ = run_method(protect, TestSet(adaptive_chips, adaptive_calls))
             purifier = train_purifier(pairs, adaptive_chips, ecfg["adaptive"], cfg["seed"])
             purified = quantise(purify(purifier, protected))
-            robust[name]["mosr_after_dncnn"] = mosr(predict(surrogate, purified), data.labels)
+            robust[name]["mosr_after_dncnn"] = mosr(predict(surrogate, purified), on.labels)
             for zoo_name, model in zoo.items():
-                robust[name][f"mosr_{zoo_name}_after_dncnn"] = mosr(predict(model, purified), data.labels)
+                robust[name][f"mosr_{zoo_name}_after_dncnn"] = mosr(predict(model, purified), on.labels)
         if "_eps" not in name:
-            deltas[name] = protected - data.images
-            protection_grid(data.images[: ecfg["grid_images"]], protected[: ecfg["grid_images"]],
+            deltas[name] = protected - on.images
+            protection_grid(on.images[: ecfg["grid_images"]], protected[: ecfg["grid_images"]],
                             out / f"grid_{name}.png")
     perturbation_kde({k: v for k, v in deltas.items() if not k.startswith("invisible_face_")}, epsilon,
                      out / "perturbation_kde.png")
@@ -189,9 +178,6 @@ def main() -> None:
     frontier.to_csv(out / "frontier.csv", index=False)
     frontier_figure(frontier, out / "frontier.png")
 
-    # how far label-free protection can go with this surrogate: see truth_in_cover
-    results["invisible_face"]["truth_in_cover"] = truth_in_cover(data.clean_calls("surrogate", surrogate), data.labels,
-                                                                 protector.config["protect"]["cover"])
     table = pd.DataFrame(results).T
     table.to_csv(out / "results.csv")
     table[["mosr", *(f"mosr_{n}" for n in zoo)]].rename(columns={"mosr": "mosr_surrogate"}).to_csv(out / "transfer.csv")
@@ -205,10 +191,13 @@ def main() -> None:
                for name, row in results.items()}
     for name, row in robust.items():
         metrics[name].update(row)
-    top = headline(results, robust, test_records)
+    # how far label-free protection can go with this surrogate: see truth_in_cover
+    results["invisible_face"]["truth_in_cover"] = truth_in_cover(data.clean_calls("surrogate", surrogate), data.labels,
+                                                                 protector.config["protect"]["cover"])
+    top = headline(results, robust, test_records, list(members))
     # the baselines' curves read at the deployed protector's PSNR: the equal-PSNR comparison
-    for family, value in at_equal_psnr(frontier, top["protector_psnr"], "embedding_adversary_fooled_mean").items():
-        top[f"{family}_embedding_adversary_fooled_at_protector_psnr"] = value
+    for family, value in at_equal_psnr(frontier, top["protector_psnr"], "known_backbone_fooled_mean").items():
+        top[f"{family}_known_backbone_fooled_at_protector_psnr"] = value
     metrics = {**top, **metrics}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "report.md").write_text(render_report(results, robust_table, frontier, len(data.images), list(zoo),
@@ -227,25 +216,42 @@ def main() -> None:
     print(table.round(3).to_string())
 
 
-def headline(results: dict, robust: dict, records: list) -> dict[str, float]:
+def headline(results: dict, robust: dict, records: list, members: list[str]) -> dict[str, float]:
     """The figures the project is judged by, flat at the top of metrics.json: G alone and the
-    deployed protector (G + refinement fallback), label-free; the deployed protector's own
+    deployed protector (G + refinement fallback), label-free, in the three tiers (white-box: the
+    ResNet-18 ``protector_mosr`` and each other ensemble member's ``<member>_mosr``; known backbone:
+    ``known_backbone_*``; black-box: ``zoo_fooled_mean``), identity kept per preset, the same with
+    ``keep_identity`` on (prefix ``keep_identity_``) when that variant ran; surrogate MOSR against its
+    label-free ceiling (``label_free_ceiling``: ``truth_in_cover``); the deployed protector's own
     per-face timing on the test chips (ms per chip, landmarks included) by the path that protected
     each face; and the share of its MOSR that survives each post-processing (MOSR after / before)."""
     g, p = results["invisible_face_g_only"], results["invisible_face"]
     ms = np.array([r.ms for r in records])
     out = {"g_only_mosr": g["mosr"], "g_only_ssim": g["ssim"], "g_only_psnr": g["psnr"],
            "protector_mosr": p["mosr"], "protector_ssim": p["ssim"], "protector_psnr": p["psnr"],
+           "protector_h_pn": p["h_pn"],
+           # the share of faces a label-free protector can fool at all (truth_in_cover), and MOSR against it
+           "label_free_ceiling": p["truth_in_cover"], "protector_mosr_of_ceiling": p["mosr"] / p["truth_in_cover"]
+           if p["truth_in_cover"] else None,
            "protect_ms_median": float(np.median(ms)), "protect_ms_p90": float(np.percentile(ms, 90))}
     for path in PATHS:
         taken = [r.ms for r in records if r.path == path]
         # the generator path's share is G's protected share under the deployed stop rule
         out["g_only_protected_share" if path == "generator" else f"path_share_{path}"] = len(taken) / len(records)
         out[f"protect_ms_median_{path}"] = float(np.median(taken)) if taken else None
-    for key in ("lpips", "percep_surrogate", "perceptual", "zoo_fooled_mean", "embedding_adversary_mosr"):
+    tiers = lambda row: {k: v for k, v in row.items() if k.startswith("known_backbone_")
+                         or k in ("zoo_fooled_mean", "identity_kept")}
+    for key in ("lpips", "percep_surrogate", "perceptual"):
         if key in p:
             out[key] = p[key]
-    out |= {k: v for k, v in p.items() if k.startswith("embedding_adversary_fooled_")}
+    out |= {f"{m}_mosr": p[f"mosr_{m}"] for m in members} | tiers(p)
+    for preset in STRENGTHS:
+        if f"invisible_face_{preset}" in results:
+            out[f"identity_kept_{preset}"] = results[f"invisible_face_{preset}"].get("identity_kept")
+    keep = results.get("invisible_face_keep_identity")
+    if keep is not None:
+        out |= {f"keep_identity_{k}": v for k, v in {"mosr": keep["mosr"], "ssim": keep["ssim"], "psnr": keep["psnr"],
+                                                    **tiers(keep)}.items()}
     after = robust.get("invisible_face", {})
     for column in [c.removeprefix("mosr_after_") for c in after if c.startswith("mosr_after_")]:
         if p["mosr"] > 0:
@@ -277,7 +283,7 @@ def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFr
              "| figure | value |", "|---|---|",
              *(f"| {k} | {fmt(v)} |" for k, v in top.items()), "",
              "Ours are measured by `dvc repro evaluate`; the paper's figures (UTKFace, ResNet-18) are beside them.", "",
-             "| method | MOSR | MOSR_correct | SSIM | PSNR | H-PN | transfer MOSR | zoo fooled | embedding adversary "
+             "| method | MOSR | MOSR_correct | SSIM | PSNR | H-PN | transfer MOSR | zoo fooled | known backbone "
              "MOSR / fooled | identity kept | ms/img | paper MOSR / SSIM / PSNR |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -286,7 +292,7 @@ def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFr
         lines.append(f"| {name} | {fmt(r['mosr'])} | {fmt(r['mosr_correct'])} | {fmt(r['ssim'])} | "
                      f"{fmt(r['psnr'], 2)} | "
                      f"{fmt(r['h_pn'])} | {fmt(r.get('mosr_transfer_mean'))} | {fmt(r.get('zoo_fooled_mean'))} | "
-                     f"{fmt(r.get('embedding_adversary_mosr'))} / {fmt(r.get('embedding_adversary_fooled_mean'))} | "
+                     f"{fmt(r.get('known_backbone_mosr'))} / {fmt(r.get('known_backbone_fooled_mean'))} | "
                      f"{fmt(r.get('identity_kept'))} | "
                      f"{fmt(r['ms_per_image'], 1)} | {paper} |")
     cap = results["invisible_face"].get("truth_in_cover")
@@ -305,21 +311,24 @@ def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFr
               "MOSR on a model needs all of them at once. "
               "`benchmarks/transfer_ceiling.py` measures how far attacks made",
               "for transfer move these models.", "",
-              "| method | " + " | ".join(zoo) + " | zoo mean | embedding adversary |",
+              "| method | " + " | ".join(zoo) + " | zoo mean | known backbone |",
               "|---|" + "---|" * (len(zoo) + 2)]
     for name, r in results.items():
         cells = [" / ".join(fmt(r.get(f"fooled_{m}_{a}"), 2) for a in attributes)
-                 for m in [*zoo, "transfer", "embedding_adversary"]]
+                 for m in [*zoo, "transfer", "known_backbone"]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "The embedding adversary: attribute heads on dlib's pretrained face-recognition embedding, trained",
-              "on the adversary's split; the protector never calls it (a black box, scored on the written images).", "",
+    lines += ["", "Known backbone: the embedding adversary, attribute heads of its own on dlib's public",
+              "face-recognition embedding, trained on the adversary's split and run by dlib itself on the written",
+              "images. The defender runs the same public network (in PyTorch, with heads of its own on its own",
+              "split) but never these heads.",
+              "",
               "## Privacy against visibility (frontier.png)", "",
-              "| family | method | PSNR | SSIM | surrogate MOSR | zoo fooled | embedding adversary MOSR / fooled |",
+              "| family | method | PSNR | SSIM | surrogate MOSR | zoo fooled | known backbone MOSR / fooled |",
               "|---|---|---|---|---|---|---|"]
     for _, r in frontier.iterrows():
         lines.append(f"| {r['family']} | {r['method']} | {fmt(r['psnr'], 2)} | {fmt(r['ssim'])} | {fmt(r['mosr'])} | "
-                     f"{fmt(r['zoo_fooled_mean'])} | {fmt(r['embedding_adversary_mosr'])} / "
-                     f"{fmt(r['embedding_adversary_fooled_mean'])} |")
+                     f"{fmt(r['zoo_fooled_mean'])} | {fmt(r['known_backbone_mosr'])} / "
+                     f"{fmt(r['known_backbone_fooled_mean'])} |")
     lines += ["",
               "## Robustness (surrogate MOSR before and after post-processing, robustness.png)", "",
               "| method | " + " | ".join(robust_table.columns) + " |", "|---|" + "---|" * len(robust_table.columns)]
@@ -345,8 +354,9 @@ def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFr
               "true attributes (the baselines always are); `_g_only` is G's one pass without the refinement",
               "fallback (the paper's inference); `_region` perturbs Algorithm 1's rectangle instead of the feathered",
               "face mask; `_full_region` the whole crop (Table V); `_no_survive` drops the survive-JPEG check from",
-              "the stop rule; `_light` and `_strong` are the strength presets. `_no_robust` and `_g_only_no_robust`",
-              "use a G retrained without L_robust (the `ablation` stage), run as deployed and alone.",
+              "the stop rule; `_no_push` stops at the stop margin; `_keep_identity` bounds the face embedding's move;",
+              "`_light` and `_strong` are the strength presets. Params `evaluate.variants` picks the variants a",
+              "run scores.",
               "`<baseline>_eps<k>`: the baseline at a budget of k/255 (the frontier)."]
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from invisible_face.method.ldman_training import ldman_config, new_generator
-from invisible_face.models.classifiers import classifier_path, surrogate_path
+from invisible_face.models.classifiers import classifier_path, load_surrogate
 from invisible_face.models.networks import load_classifier
 from invisible_face.params import load_params
 from invisible_face.protect.protector import export_protector
@@ -31,7 +31,7 @@ def main() -> None:
     cfg = load_params(args.params)
     generator = new_generator(ldman_config(cfg))
     generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))
-    surrogate = load_classifier(surrogate_path(cfg))
+    surrogate = load_surrogate(cfg)  # the ResNet-18, with the face-backbone surrogate when configured
     audit = cfg["protector"]["audit_model"]
     target = (audit, load_classifier(classifier_path(audit))) if audit else None
     out = Path(args.out)

@@ -1,5 +1,6 @@
 """register stage: the protector into the MLflow Model Registry; alias ``champion`` moves to it
-only if it passes the gates in params and beats the champion's H-PN.
+only if it passes the gates in params (lower bounds on the evaluate stage's headline figures) and its
+H-PN is not below the champion's.
 
 Output: artifacts/register/decision.json (version, promoted, reasons).
 """
@@ -24,7 +25,8 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_params(args.params)["register"]
-    metrics = json.loads(Path(args.metrics).read_text())["invisible_face"]
+    # the headline figures at the top of metrics.json (the deployed protector's, label-free)
+    metrics = {k: v for k, v in json.loads(Path(args.metrics).read_text()).items() if isinstance(v, (int, float))}
     setup_mlflow("register")
     decision = register_protector(args.model, cfg["model_name"], metrics, cfg["gates"])
     out = Path(args.out)

@@ -66,12 +66,14 @@ def run_method(protect: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.
 
 def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier, zoo: dict[str, AttributeClassifier],
           embed: Callable[[torch.Tensor], np.ndarray] | None, adversary: EmbeddingAdversary | None = None,
-          perceptual: Perceptual | None = None) -> dict[str, Any]:
-    """Privacy, naturalness and identity figures of one method's protected test set. Transfer: each
-    zoo model's MOSR, and per attribute the share of its right calls on the clean chips that
-    protection makes wrong (``fooled_<model>_<attribute>``; MOSR needs all three at once), their
-    mean over the zoo's models and attributes (``zoo_fooled_mean``); the same for the embedding
-    ``adversary`` (``embedding_adversary_*``), a black box called on the written images only.
+          perceptual: Perceptual | None = None, members: dict[str, nn.Module] | None = None) -> dict[str, Any]:
+    """Privacy, naturalness and identity figures of one method's protected test set, in three tiers.
+    White-box: ``surrogate`` (``mosr``) and each other ensemble member in ``members`` (``mosr_<name>``,
+    ``fooled_<name>_<attribute>``). Known backbone: the embedding ``adversary``, its own heads on the
+    public face embedding the defender also runs (``known_backbone_*``), called on the written images
+    only. Black-box: each zoo model's MOSR, and per attribute the share of its right calls on the clean
+    chips that protection makes wrong (``fooled_<model>_<attribute>``; MOSR needs all three at once),
+    their mean over the zoo's models and attributes (``zoo_fooled_mean``).
     ``embed``: chips -> N x 128 face embeddings (identity kept, and the adversary's input);
     ``perceptual``: the distance reported under its ``metric_name`` (default: surrogate features)."""
     argmax = lambda calls: {k: v.argmax(1) for k, v in calls.items()}
@@ -87,7 +89,7 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
     row = {"mosr": m, "mosr_correct": mosr_correct(clean_pred, adv_pred, data.labels), "ssim": s, "psnr": p,
            "h_pn": h_pn(m, s, p), perceptual.metric_name: percep, "perceptual": perceptual.name,
            **{f"mosr_{k}_attributes": v for k, v in mosr_by_count(adv_pred, data.labels).items()}}
-    for name, model in zoo.items():
+    for name, model in {**(members or {}), **zoo}.items():
         zoo_pred = predict(model, protected)
         row[f"mosr_{name}"] = mosr(zoo_pred, data.labels)
         for attribute, rate in fooled_rate(argmax(data.clean_calls(name, model)), zoo_pred, data.labels).items():
@@ -111,11 +113,11 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
     row["identity_kept"] = float((d < SAME_PERSON).mean())
     if adversary is not None:
         adv_pred = adversary.predict_embeddings(embeddings)
-        row["embedding_adversary_mosr"] = mosr(adv_pred, data.labels)
+        row["known_backbone_mosr"] = mosr(adv_pred, data.labels)
         clean_adv = adversary.predict_embeddings(data.clean_embeddings)
         for attribute, rate in fooled_rate(clean_adv, adv_pred, data.labels).items():
-            row[f"embedding_adversary_fooled_{attribute}"] = rate
-        row["embedding_adversary_fooled_mean"] = float(np.mean([row[f"embedding_adversary_fooled_{a}"]
+            row[f"known_backbone_fooled_{attribute}"] = rate
+        row["known_backbone_fooled_mean"] = float(np.mean([row[f"known_backbone_fooled_{a}"]
                                                                 for a in data.labels]))
     return row
 
@@ -158,8 +160,8 @@ def robustness_figure(table: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
-FRONTIER_Y = {"embedding_adversary_mosr": "embedding adversary MOSR",
-              "embedding_adversary_fooled_mean": "embedding adversary: right calls made wrong",
+FRONTIER_Y = {"known_backbone_mosr": "known backbone (embedding adversary) MOSR",
+              "known_backbone_fooled_mean": "known backbone: right calls made wrong",
               "zoo_fooled_mean": "zoo: right calls made wrong", "mosr": "surrogate MOSR (white box)"}
 
 

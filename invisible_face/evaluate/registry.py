@@ -1,5 +1,5 @@
 """MLflow Model Registry: register an exported protector and move the ``champion`` alias to it
-only when it passes the quality gates and beats the current champion's H-PN.
+only when it passes the quality gates and its H-PN is not below the current champion's.
 
 The registered version's source is the export folder itself (safetensors + JSON), so the Serve
 app loads ``models:/<name>@champion`` with the same safe loader as a local export.
@@ -24,10 +24,13 @@ def gate(metrics: dict[str, float], gates: dict[str, float], champion_hpn: float
     for key, bound in gates.items():
         metric = key.removesuffix("_min")
         value = metrics.get(metric)
-        if value is None or value < bound:
+        if value is None:
+            reasons.append(f"{metric} is missing from the evaluation's figures (gate {bound})")
+        elif value < bound:
             reasons.append(f"{metric} {value} is below the gate {bound}")
-    if champion_hpn is not None and metrics.get("h_pn", 0.0) <= champion_hpn:
-        reasons.append(f"h_pn {metrics.get('h_pn')} does not beat the champion's {champion_hpn}")
+    hpn = metrics.get("protector_h_pn", 0.0)
+    if champion_hpn is not None and hpn < champion_hpn:  # a re-run of an equal protector may take over
+        reasons.append(f"protector_h_pn {hpn} is below the champion's {champion_hpn}")
     return reasons
 
 
@@ -37,7 +40,7 @@ def champion_hpn(client: MlflowClient, name: str) -> tuple[str | None, float | N
         version = client.get_model_version_by_alias(name, ALIAS)
     except MlflowException:
         return None, None
-    return version.version, float(version.tags.get("h_pn", "nan"))
+    return version.version, float(version.tags.get("protector_h_pn", "nan"))
 
 
 def register_protector(stem: str | Path, name: str, metrics: dict[str, float],

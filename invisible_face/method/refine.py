@@ -17,12 +17,14 @@ less chroma than luminance, smooth rather than per-pixel.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import kornia
 import torch
 from torch import nn
 
+from invisible_face.method.ldman import cap_rms
 from invisible_face.method.recompression import diverse_input
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -63,6 +65,20 @@ def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Te
     One function for G's training, the direction G is given, and the refinement's steps."""
     cap = torch.as_tensor(cap, dtype=torch.float32).reshape(-1, 1)
     return torch.maximum(attribute_margins(logits, classes), -cap).sum(1)
+
+
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """Each of B x ... scaled to unit L2 norm (zeros stay zero)."""
+    return x / x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+
+
+def member_groups(classes: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The keys of each ensemble member (:mod:`invisible_face.models.ensemble`: ``<member>/<attribute>``,
+    the first member's plain), in order; a single model's keys are one group."""
+    groups: dict[str, list[str]] = {}
+    for key in classes:
+        groups.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(key)
+    return list(groups.values())
 
 
 def push_target(stop_margin: float, push_margin: float | None) -> float:
@@ -121,7 +137,10 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
                         classes: dict[str, torch.Tensor], epsilon: float, steps: int, step_size: float,
                         stop_margin: float, shrink: Sequence[float] = (), survive: Transform | None = None,
                         through: Transform | None = None, shape: Transform | None = None, views: int = 0,
-                        push_margin: float | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+                        push_margin: float | None = None, rms: float = float("inf"), momentum: float = 0.0,
+                        identity: Transform | None = None,
+                        identity_bound: float = 0.5, identity_weight: float = 1.0
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
     With ``push_margin`` (> stop_margin) the steps go on to that margin: a face counts as fooled
@@ -132,7 +151,9 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     (a soft mask bounds the budget pixel by pixel: the feathered face mask fades it out at the edges);
     classes: {attribute: B x C bool}, e.g. the true labels one-hot or :func:`plausible_classes`.
     Each step moves a face by ``step_size * epsilon`` in RMS over its mask, along the gradient of
-    the summed margins (each capped just past the stop, so a fooled head stops pulling). A face
+    the summed margins (each capped just past the stop, so a fooled head stops pulling); with an
+    ensemble's keys (``<member>/<attribute>``) each member's gradient is scaled to unit norm before the
+    sum, so the member whose logits move fastest does not take the whole step. A face
     fooled at the end is then scaled down by the smallest of ``shrink`` that keeps it fooled
     (:func:`shrink_perturbation`), taking back the last step's overshoot.
     ``survive``: a round trip a fooled face must also survive (checked each step, no gradient);
@@ -141,6 +162,14 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     ``views``: random resized and padded views of the face whose gradients are added to each step's
     (input diversity, :func:`invisible_face.method.recompression.diverse_input`; seeded, so a face
     always gets the same perturbation): a step that holds across views transfers further.
+    ``rms``: the perturbation's largest root-mean-square over the crop (a PSNR floor, as G's output has:
+    :func:`invisible_face.method.ldman.psnr_to_rms`); each step is projected back inside it;
+    ``momentum``: each step follows the running sum of the unit gradients, the older ones decayed by
+    this factor (MI-FGSM's update): with several heads to push, a plain step bounces between them;
+    ``identity``: x -> B distances of its face embedding from the clean face's (``keep_identity``): a
+    face counts as fooled only while its distance stays under ``identity_bound``, and the steps pull
+    it back (past 0.8 of the bound, with ``identity_weight`` times the heads' unit gradient) while the heads
+    are pushed.
     -> (perturbation B x 3 x H x W, |.| <= epsilon * mask, inside the [0, 1] range;
         fooled: B bool, every attribute past ``stop_margin`` at the end;
         the model's logits on images + perturbation, {attribute: B x C}).
@@ -151,29 +180,48 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     generator = torch.Generator().manual_seed(0)
     target = push_target(stop_margin, push_margin)
     kept, was_fooled = delta, torch.zeros(len(images), dtype=torch.bool)  # the last step that fooled each face
+    velocity = torch.zeros_like(delta)
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
         logits = model(images + d)
         margins = worst_margins(model, images + d, logits, classes, survive)
         fooled, reached = (margins < -stop_margin).all(1), (margins < -target).all(1)
+        if identity is not None:
+            distance = identity(images + d)
+            same_person = distance.detach() < identity_bound
+            fooled, reached = fooled & same_person, reached & same_person
         kept, was_fooled = torch.where(fooled.view(-1, 1, 1, 1), d.detach(), kept), was_fooled | fooled
         if reached.all() or step == steps:
             break
         # the push starts once a face is past the stop: until then its hardest attribute gets the gradient
         cap = torch.where(fooled, target, stop_margin) + 0.5
-        loss = set_margin_loss(logits, classes, cap).sum()
-        if through is not None:
-            loss = loss + set_margin_loss(model(through(images + d)), classes, cap).sum()
+        through_logits = model(through(images + d)) if through is not None else None
         if views:  # one batched pass over every view
             diverse = torch.cat([diverse_input(images + d, 1.0, generator) for _ in range(views)])
-            repeated = {k: c.repeat(views, 1) for k, c in classes.items()}
-            loss = loss + set_margin_loss(model(diverse), repeated, cap.repeat(views)).sum() / views
-        (grad,) = torch.autograd.grad(loss, d)
+            view_logits, view_cap = model(diverse), cap.repeat(views)
+        # one unit gradient per ensemble member, summed: a member whose logits move faster does not
+        # take the whole step (a plain model is one member)
+        grad = torch.zeros_like(d)
+        groups = member_groups(classes)
+        for keys in groups:
+            sets = {k: classes[k] for k in keys}
+            loss = set_margin_loss({k: logits[k] for k in keys}, sets, cap).sum()
+            if through_logits is not None:
+                loss = loss + set_margin_loss({k: through_logits[k] for k in keys}, sets, cap).sum()
+            if views:
+                repeated = {k: c.repeat(views, 1) for k, c in sets.items()}
+                loss = loss + set_margin_loss({k: view_logits[k] for k in keys}, repeated, view_cap).sum() / views
+            (g,) = torch.autograd.grad(loss, d, retain_graph=True)
+            grad = grad + (unit_rms(g) if len(groups) > 1 else g)
+        if identity is not None:  # the pull back, as strong as ``identity_weight`` members
+            (g,) = torch.autograd.grad((distance - 0.8 * identity_bound).clamp_min(0).sum(), d)
+            grad = unit_rms(grad) + identity_weight * unit_rms(g)
         grad = (shape(grad) if shape is not None else grad) * mask
-        unit = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * area
+        velocity = momentum * velocity + unit_rms(grad)  # momentum damps the bouncing between heads
+        unit = unit_rms(velocity) * area
         active = (~reached).float().view(-1, 1, 1, 1)
         delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
-        delta = (images + delta).clamp(0, 1) - images
+        delta = (images + (cap_rms(delta, rms) if math.isfinite(rms) else delta)).clamp(0, 1) - images
     delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
     fall_back = was_fooled & ~fooled  # pushed, ended short of the push and of the stop: back to the last fooled step
     if fall_back.any():

@@ -22,7 +22,13 @@ from tqdm import tqdm
 from invisible_face.data.faces import FaceAttributes
 from invisible_face.evaluate.metrics import accuracy_and_confusion
 from invisible_face.models import distributed
-from invisible_face.models.networks import AttributeClassifier, build_classifier, predict, resolve_pretrained
+from invisible_face.models.networks import (
+    AttributeClassifier,
+    build_classifier,
+    load_classifier,
+    predict,
+    resolve_pretrained,
+)
 
 MODELS_DIR = Path("artifacts/classifiers/models")  # the classifiers stage's models out (dvc.yaml)
 
@@ -36,6 +42,22 @@ def classifier_path(name: str, models: str | Path = MODELS_DIR) -> Path:
 def surrogate_path(params: dict[str, Any], models: str | Path = MODELS_DIR) -> Path:
     """The surrogate's saved model: ``classifier_path`` of params ``classifiers.surrogate.name``."""
     return classifier_path(params["classifiers"]["surrogate"]["name"], models)
+
+
+def load_surrogate(params: dict[str, Any], models: str | Path = MODELS_DIR) -> torch.nn.Module:
+    """The defender's surrogate as the protector attacks it: the ResNet-18 (params
+    ``classifiers.surrogate``), with the face-backbone surrogate (``classifiers.face_surrogate``, when
+    set) in a :class:`~invisible_face.models.ensemble.SurrogateEnsemble`. Frozen, eval mode."""
+    from invisible_face.models.ensemble import SurrogateEnsemble
+    from invisible_face.models.face_backbone import FaceBackboneSurrogate
+
+    resnet = load_classifier(surrogate_path(params, models)).requires_grad_(False)
+    face = params["classifiers"].get("face_surrogate")
+    if not face:
+        return resnet
+    members = {params["classifiers"]["surrogate"]["name"]: resnet,
+               face["name"]: FaceBackboneSurrogate.load(classifier_path(face["name"], models))}
+    return SurrogateEnsemble(members).eval().requires_grad_(False)
 
 
 def models_dir(artifacts: str | Path = "artifacts") -> Path:

@@ -19,15 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
 
+from invisible_face.models.face_backbone import EmbeddingHeads, save_safetensors
 from invisible_face.models.identity import IdentityEmbedder
 from invisible_face.protect.photo_io import to_uint8
 
 ARCH = "dlib_resnet_embedding"
-DIM = 128  # dlib_face_recognition_resnet_model_v1
 
 
 @lru_cache(maxsize=1)
@@ -50,60 +48,12 @@ def chip_embeddings(images: torch.Tensor | np.ndarray, box_fractions: tuple[floa
     return _embedder().embed_batch(list(chips), [box] * len(chips), progress)
 
 
-class EmbeddingAdversary(nn.Module):
-    """Standardisation (the training embeddings' mean and std) + one head per attribute.
+class EmbeddingAdversary(EmbeddingHeads):
+    """The adversary's heads (:class:`invisible_face.models.face_backbone.EmbeddingHeads`) on dlib's own
+    embeddings, with their file format.
 
     forward(emb: N x 128) -> {attribute: N x n_classes logits}
     """
-
-    def __init__(self, attributes: dict[str, int], hidden: int = 0) -> None:
-        super().__init__()
-        self.attributes, self.hidden = dict(attributes), int(hidden)
-
-        def head(n: int) -> nn.Module:
-            if self.hidden <= 0:
-                return nn.Linear(DIM, n)
-            return nn.Sequential(nn.Linear(DIM, self.hidden), nn.ReLU(), nn.Linear(self.hidden, n))
-
-        self.heads = nn.ModuleDict({a: head(n) for a, n in self.attributes.items()})
-        self.register_buffer("mean", torch.zeros(DIM))
-        self.register_buffer("std", torch.ones(DIM))
-
-    def forward(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = (emb.float() - self.mean) / self.std
-        return {a: head(z) for a, head in self.heads.items()}
-
-    def fit(self, embeddings: np.ndarray | torch.Tensor, labels: dict[str, Any], epochs: int = 200,
-            lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0) -> list[float]:
-        """Full-batch Adam on N x 128 embeddings and {attribute: N class ids}: the sum over attributes
-        of the cross-entropy, ``epochs`` steps from a seeded initialisation. -> loss per step."""
-        x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float32)
-        y = {a: torch.as_tensor(np.asarray(labels[a]), dtype=torch.int64) for a in self.attributes}
-        self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0).clamp(min=1e-6))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for m in self.heads.modules():
-                if isinstance(m, nn.Linear):
-                    m.reset_parameters()
-        optimizer = torch.optim.Adam(self.heads.parameters(), lr=lr, weight_decay=weight_decay)
-        self.train()
-        losses = []
-        for _ in range(epochs):
-            logits = self(x)
-            loss = sum(F.cross_entropy(logits[a], y[a]) for a in self.attributes)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        self.eval()
-        return losses
-
-    @torch.no_grad()
-    def predict_embeddings(self, emb: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """N x 128 embeddings -> {attribute: N int64 predicted classes}."""
-        logits = self.eval()(torch.as_tensor(np.asarray(emb), dtype=torch.float32))
-        return {a: v.argmax(1) for a, v in logits.items()}
 
     def predict_images(self, images: torch.Tensor | np.ndarray, box_fractions: tuple[float, ...] | list[float],
                        progress: bool | None = None) -> dict[str, torch.Tensor]:
@@ -116,11 +66,7 @@ class EmbeddingAdversary(nn.Module):
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``<path stem>.safetensors`` (tensors) and ``<path stem>.json`` (config + ``extra``);
         ``path`` as given by ``classifiers.classifier_path(name)``. -> the .safetensors path."""
-        path = Path(path).with_suffix(".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path))
-        path.with_suffix(".json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=2))
-        return path
+        return save_safetensors(self, path, {**self.config(), **(extra or {})})
 
     @classmethod
     def load(cls, path: str | Path) -> "EmbeddingAdversary":

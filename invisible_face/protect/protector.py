@@ -23,17 +23,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from invisible_face.data.landmarks import Face, make_backend
 from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.method.recompression import jpeg_differentiable, survives
 from invisible_face.method.refine import push_target, refine_perturbation, shape_step, shrink_perturbation
 from invisible_face.method.regions import rect_masks, select_region
+from invisible_face.models.ensemble import SurrogateEnsemble, first_member_calls, surrogate_from_state
+from invisible_face.models.face_backbone import FaceBackboneSurrogate
 from invisible_face.models.networks import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.params import deep_merge
 from invisible_face.protect.photo_io import to_tensor, to_uint8
 
-FORMAT_VERSION = 7  # 7: the refinement's push margin and input-diversity views
+FORMAT_VERSION = 8  # 8: the surrogate may be an ensemble with dlib's face network inside
 PATHS = ("generator", "refined", "not_protected")
 
 
@@ -54,10 +57,11 @@ class FaceRecord:
     target_after: dict[str, int] = field(default_factory=dict)
 
 
-def export_protector(stem: str | Path, generator: Generator, surrogate: AttributeClassifier, cfg: dict[str, Any],
+def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Module, cfg: dict[str, Any],
                      target: tuple[str, AttributeClassifier] | None = None) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json`` from trained networks and the params.
-    ``target``: (name, model) of a zoo model shipped for audits (predictions before and after)."""
+    ``surrogate``: a classifier or a :class:`SurrogateEnsemble` (every member's tensors go in, dlib's
+    face network included); ``target``: (name, model) of a zoo model shipped for audits."""
     stem = Path(stem)
     nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
     tensors = {f"{net}.{k}": v.detach().cpu().contiguous()
@@ -88,14 +92,18 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: Attribut
     return stem
 
 
-def untrained_export(stem: str | Path, cfg: dict[str, Any]) -> Path:
+def untrained_export(stem: str | Path, cfg: dict[str, Any], face_backbone: bool = False) -> Path:
     """An export of untrained, small networks with a short refinement: it runs the CLI and serving
-    paths in seconds and says nothing about protection quality."""
+    paths in seconds and says nothing about protection quality. ``face_backbone``: the surrogate is an
+    ensemble with dlib's face network (real weights, untrained heads) as its second member."""
     cfg = copy.deepcopy(cfg)
     cfg["protector"]["refine"]["steps"] = 2
     attributes = {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}
     torch.manual_seed(0)
     surrogate = build_classifier("resnet18", attributes, input_size=32).eval()
+    if face_backbone:
+        face = FaceBackboneSurrogate(attributes, 0, cfg["landmarks"]["fallback_box"])
+        surrogate = SurrogateEnsemble({"surrogate_tiny": surrogate, "face_backbone": face}).eval()
     audit = build_classifier("vgg11_bn_small", attributes, input_size=32).eval()
     generator = Generator(cfg["ldman"]["epsilon"], sum(attributes.values()), width=8, blocks=1, work_size=32,
                           out_size=16).eval()
@@ -106,9 +114,15 @@ class Protector:
     """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops;
     ``with_strength(name)`` for a strength preset."""
 
-    def __init__(self, config: dict[str, Any], generator: Generator, surrogate: AttributeClassifier,
+    def __init__(self, config: dict[str, Any], generator: Generator, surrogate: nn.Module,
                  target: AttributeClassifier | None = None) -> None:
+        # surrogate: what the refinement attacks and the checks ask (every member must be fooled);
+        # its primary member is G's surrogate (DP, G's sets, regions)
         self.config, self.generator, self.surrogate = config, generator.eval(), surrogate.eval()
+        ensemble = isinstance(surrogate, SurrogateEnsemble)
+        self.generator_surrogate = surrogate.primary if ensemble else surrogate
+        self.face_member = next((m for m in surrogate.members.values() if isinstance(m, FaceBackboneSurrogate)),
+                                None) if ensemble else None
         self.target = target.eval().requires_grad_(False) if target is not None else None
         self.generator.requires_grad_(False)
         self.surrogate.requires_grad_(False)
@@ -127,11 +141,11 @@ class Protector:
         g = Generator(**config["generator"])
         g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
 
-        def classifier(net: str) -> AttributeClassifier:
-            return classifier_from_state(config[net], {k[len(net) + 1:]: v for k, v in tensors.items()
-                                                       if k.startswith(f"{net}.")})
+        def state(net: str) -> dict[str, torch.Tensor]:
+            return {k[len(net) + 1:]: v for k, v in tensors.items() if k.startswith(f"{net}.")}
 
-        return cls(config, g, classifier("surrogate"), classifier("target") if "target" in config else None)
+        target = classifier_from_state(config["target"], state("target")) if "target" in config else None
+        return cls(config, g, surrogate_from_state(config["surrogate"], state("surrogate")), target)
 
     def variant(self, override: dict[str, Any], generator: Generator | None = None) -> "Protector":
         """The same networks (and landmark models) with ``override`` merged into the config, or another G."""
@@ -172,7 +186,7 @@ class Protector:
         if mcfg["kind"] == "crop":
             return torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))
         if mcfg["kind"] == "region":  # seeded per face, so the same photo always gets the same region
-            rect = select_region(self.surrogate, crop, points, self.config["regions"],
+            rect = select_region(self.generator_surrogate, crop, points, self.config["regions"],
                                  np.random.default_rng(self.config["seed"])).rect
             return rect_masks(torch.tensor([rect]), h, w), tuple(float(v) for v in rect)
         mask = face_mask(points, h, w, mcfg["forehead"], mcfg["feather"])[None]
@@ -194,9 +208,11 @@ class Protector:
             n = {k: len(v) for k, v in self.config["attributes"].items()}
             known = {k: F.one_hot(torch.tensor([labels[k]]), n[k]).bool() for k in n}
         with torch.no_grad():
-            before = {k: int(v.argmax(1)) for k, v in self.surrogate(crop[None]).items()}
-        delta, classes = generator_protect(self.generator, self.surrogate, crop[None], mask, pcfg["cover"],
+            before = {k: int(v.argmax(1)) for k, v in self.generator_surrogate(crop[None]).items()}
+        delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None], mask, pcfg["cover"],
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
+        if isinstance(self.surrogate, SurrogateEnsemble):  # the other members' sets: each must be fooled too
+            classes = self.surrogate.member_classes(crop[None], classes, pcfg["cover"], known)
         # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins);
         # G's face must reach the margin the refinement pushes to
         shrunk, logits, protected = shrink_perturbation(self.surrogate, crop[None], delta, classes,
@@ -208,7 +224,7 @@ class Protector:
         else:
             delta, box, logits, path = self._refine(crop, delta, mask, box, classes)
         out = apply_perturbation(crop[None], delta)[0]
-        after = {k: int(v.argmax(1)) for k, v in logits.items()}
+        after = {k: int(v.argmax(1)) for k, v in first_member_calls(logits).items()}
         return out, box, before, after, path
 
     def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, box: tuple[float, ...],
@@ -220,18 +236,27 @@ class Protector:
         _, h, w = crop.shape
         quality = pcfg["survive_jpeg_quality"]
         survive = survives(quality)
-        through = None if quality is None else (lambda x: jpeg_differentiable(x, quality))
+        through = None if quality is None or not rcfg["jpeg_gradient"] else (lambda x: jpeg_differentiable(x, quality))
         shape = lambda g: shape_step(g, rcfg["chroma_weight"], rcfg["smooth"])
         masks = [(mask, box)]
         if rcfg["crop_fallback"]:
             masks.append((torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))))
+        identity = None
+        if rcfg["keep_identity"]:
+            if self.face_member is None:
+                raise ValueError("refine.keep_identity needs a face-backbone surrogate in the export")
+            with torch.no_grad():
+                clean = self.face_member.embed(crop[None])
+            identity = lambda x: (self.face_member.embed(x) - clean).norm(dim=1)
         logits: dict[str, torch.Tensor] = {}
         for mask, box in masks:
             if rcfg["steps"] == 0:
                 break
             delta, fooled, logits = refine_perturbation(
                 self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
-                rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"])
+                rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"],
+                rms=psnr_to_rms(rcfg["min_psnr"]), momentum=rcfg["momentum"], identity=identity,
+                identity_bound=rcfg["identity_bound"], identity_weight=rcfg["identity_weight"])
             if fooled.all():
                 return delta, box, logits, "refined"
         if not logits:
