@@ -36,7 +36,7 @@ def time_backend(backend, images: list[np.ndarray], fallback) -> tuple[float, in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--photos", type=Path, help="a folder of in-the-wild photos, e.g. ../shared/photos "
+    parser.add_argument("--photos", type=Path, help="a folder of in-the-wild photos "
                         "(default: photos composed from the chips)")
     args = parser.parse_args()
     cfg = load_params(PROJECT_ROOT / "params.yaml")

@@ -136,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="export stem or models:/name@alias (default: the config's)")
     parser.add_argument("--tiny", action="store_true", help="serve an untrained export (fast; no quality)")
-    parser.add_argument("--photos", help="a folder of in-the-wild photos, e.g. ../shared/photos "
+    parser.add_argument("--photos", help="a folder of in-the-wild photos "
                         "(default: photos composed from the dataset's chips)")
     parser.add_argument("--max-side", type=int, default=640, help="downscale photos to this side (0: as is)")
     parser.add_argument("--clients", type=int, default=8)

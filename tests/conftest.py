@@ -11,8 +11,6 @@ from PIL import Image
 
 from invisible_face.params import PROJECT_ROOT, load_params
 
-SHARED = PROJECT_ROOT.parent / "shared"  # still read by test_landmarks; the others use the photos fixture
-
 
 @pytest.fixture(scope="session")
 def params() -> dict:

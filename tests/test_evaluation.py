@@ -117,14 +117,24 @@ def test_headline_counts_paths_and_retention_from_the_deployed_records():
     record = lambda path, ms: FaceRecord(box=[], region=[], detected=True, score=1.0, ms=ms, path=path)
     records = [record("generator", 40.0), record("generator", 50.0), record("refined", 200.0),
                record("not_protected", 500.0)]
-    row = {"mosr": 0.8, "ssim": 0.95, "psnr": 35.0}
-    top = evaluate.headline({"invisible_face": row, "invisible_face_g_only": {**row, "mosr": 0.4}},
-                            {"invisible_face": {"mosr_after_jpeg75": 0.6, "mosr_after_resize_half": 0.8}}, records)
+    row = {"mosr": 0.8, "ssim": 0.95, "psnr": 35.0, "h_pn": 0.8, "truth_in_cover": 0.75, "mosr_face": 0.7,
+           "known_backbone_mosr": 0.6, "known_backbone_fooled_gender": 0.9, "zoo_fooled_mean": 0.1,
+           "identity_kept": 0.8, "fooled_face_gender": 0.5}
+    keep = {**row, "known_backbone_mosr": 0.5, "identity_kept": 0.95}
+    results = {"invisible_face": row, "invisible_face_g_only": {**row, "mosr": 0.4},
+               "invisible_face_keep_identity": keep, "invisible_face_light": {**row, "identity_kept": 1.0}}
+    top = evaluate.headline(results, {"invisible_face": {"mosr_after_jpeg75": 0.6, "mosr_after_resize_half": 0.8}},
+                            records, ["face"])
     assert top["g_only_protected_share"] == 0.5 and top["path_share_refined"] == 0.25
     assert top["protect_ms_median"] == 125.0 and top["protect_ms_median_generator"] == 45.0
     assert top["g_only_mosr"] == 0.4 and top["protector_mosr"] == 0.8
     assert abs(top["jpeg75_retention"] - 0.75) < 1e-9 and top["half_scale_retention"] == 1.0
     assert "jpeg50_retention" not in top  # not measured, not reported
+    # the tiers: white-box members, the known backbone, the zoo; identity per preset; the keep_identity run
+    assert top["face_mosr"] == 0.7 and top["known_backbone_fooled_gender"] == 0.9 and top["zoo_fooled_mean"] == 0.1
+    assert top["identity_kept_light"] == 1.0 and "identity_kept_strong" not in top
+    assert top["keep_identity_identity_kept"] == 0.95 and top["keep_identity_known_backbone_mosr"] == 0.5
+    assert abs(top["protector_mosr_of_ceiling"] - 0.8 / 0.75) < 1e-9 and top["label_free_ceiling"] == 0.75
 
 
 def test_frontier_has_one_curve_per_method_and_robustness_one_row_per_method(tmp_path):

@@ -3,14 +3,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED
 from invisible_face.data.landmarks import DlibBackend, FanBackend, fan_weights_path, make_backend
+from invisible_face.data.synthetic_photos import face_count
 
-PHOTOS = SHARED / "photos"
 
-
-def load(name: str) -> np.ndarray:
-    return np.asarray(Image.open(PHOTOS / name).convert("RGB"))
+@pytest.fixture(scope="module")
+def load(photos):
+    """name -> RGB uint8 of one of the photos composed from the dataset (conftest ``photos``)."""
+    return lambda name: np.asarray(Image.open(photos / name).convert("RGB"))
 
 
 def points_inside(face, margin: float = 0.25) -> bool:
@@ -26,12 +26,11 @@ def dlib_backend():
     return DlibBackend(upsample=1)
 
 
-def test_dlib_finds_every_face(dlib_backend):
-    one = dlib_backend.detect(load("obama.jpg"))
-    two = dlib_backend.detect(load("kit_with_rose.jpg"))
-    # Obama, Biden, and the girl in the bottom right corner
-    assert len(dlib_backend.detect(load("obama_and_biden.jpg"))) == 3
-    assert len(one) == 1 and len(two) == 2
+def test_dlib_finds_every_face(dlib_backend, load):
+    one = dlib_backend.detect(load("portrait.jpg"))
+    two = dlib_backend.detect(load("two_faces.jpg"))  # one upright, one rolled by 15 degrees
+    assert len(dlib_backend.detect(load("small_face.jpg"))) == face_count("small_face.jpg") == 1
+    assert len(one) == face_count("portrait.jpg") == 1 and len(two) == face_count("two_faces.jpg") == 2
     for face in one + two:
         assert face.points.shape == (68, 2) and face.detected and face.score > 0
         assert points_inside(face, margin=0.3)  # the jaw line runs below the HOG box
@@ -60,10 +59,10 @@ def seeded_torch_hub(tmp_path, monkeypatch):
     return path
 
 
-def test_fan_backend_loads_through_face_alignment(seeded_torch_hub):
+def test_fan_backend_loads_through_face_alignment(seeded_torch_hub, load):
     backend = make_backend("auto")
     assert isinstance(backend, FanBackend) and backend.name == "fan"
-    faces = backend.detect(load("obama.jpg"))
+    faces = backend.detect(load("portrait.jpg"))
     assert len(faces) == 1 and faces[0].points.shape == (68, 2)
     assert np.isfinite(faces[0].points).all()
     # the network's weights are random, so only the geometry of the crop is checked

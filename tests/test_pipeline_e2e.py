@@ -31,7 +31,7 @@ def serve_app(args: dict):
     from serving.app import from_config
 
     port = free_port()
-    ray.init(num_cpus=2, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # Serve's Python API needs no dashboard
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app, _ = from_config(args=args)

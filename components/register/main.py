@@ -28,7 +28,7 @@ def main() -> None:
     # the headline figures at the top of metrics.json (the deployed protector's, label-free)
     metrics = {k: v for k, v in json.loads(Path(args.metrics).read_text()).items() if isinstance(v, (int, float))}
     setup_mlflow("register")
-    decision = register_protector(args.model, cfg["model_name"], metrics, cfg["gates"])
+    decision = register_protector(args.model, cfg["model_name"], metrics, cfg["gates"] or {})  # null: no gates
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decision.json").write_text(json.dumps(decision, indent=2))
