@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +21,14 @@ def params() -> dict:
 
 @pytest.fixture(scope="session")
 def utkface_dir(params) -> Path:
-    """The dataset's chips (``dvc pull data.dvc``); the test is skipped without them."""
+    """The dataset's chips, pulled from the DVC remote on first use (``dvc pull data.dvc``, as a fresh
+    clone needs); the test is skipped, with the reason, when the remote cannot give them."""
     image_dir = PROJECT_ROOT / params["data"]["image_dir"]
     if not any(image_dir.glob("*.jpg")):
-        pytest.skip(f"no UTKFace chips in {image_dir}: run `dvc pull data.dvc`")
+        pulled = subprocess.run(["dvc", "pull", "data.dvc"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+        if not any(image_dir.glob("*.jpg")):
+            pytest.skip(f"no UTKFace chips in {image_dir} and `dvc pull data.dvc` failed: {pulled.stderr[-500:]}")
     return image_dir
 
 
