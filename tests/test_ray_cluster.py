@@ -166,8 +166,9 @@ def test_classifiers_stage_spans_both_nodes(two_nodes: str, tmp_path: Path) -> N
     assert len(result["worker_nodes"]) == 2 * len(models)
     assert sorted(set(result["worker_nodes"])) == result["nodes"]
     metrics = json.loads((work / "out/metrics.json").read_text())
-    adversary = quick["embedding_adversary"]["name"]  # beside them, trained in the stage's own process
-    assert sorted(metrics) == sorted([*models, adversary]) and metrics[adversary]["test_images"] > 0
+    # beside them, trained in the stage's own process: the heads on dlib's embedding, the defender's and the adversary's
+    heads = [quick["face_surrogate"]["name"], quick["embedding_adversary"]["name"]]
+    assert sorted(metrics) == sorted([*models, *heads]) and all(metrics[h]["test_images"] > 0 for h in heads)
     for name in models:
         assert 0.0 <= metrics[name]["test_acc_mean"] <= 1.0
         assert load_classifier(classifier_path(name, work / "out/models")).arch == metrics[name]["arch"]
