@@ -37,7 +37,7 @@ from invisible_face.models.classifiers import attribute_sizes, classifier_path, 
 from invisible_face.models.embedding_adversary import ARCH as ADVERSARY_ARCH
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
 from invisible_face.models.face_backbone import ARCH as FACE_ARCH
-from invisible_face.models.face_backbone import FaceBackboneSurrogate, embed_chips
+from invisible_face.models.face_backbone import FaceBackboneSurrogate, embed_in_batches
 from invisible_face.models.networks import save_classifier
 from invisible_face.params import load_params
 from invisible_face.tracking import run_tags, setup_mlflow
@@ -86,7 +86,7 @@ def embedding_heads(params: dict, role: str, manifest: Path, image_dir: Path, ou
         embed = lambda images: chip_embeddings(images, box)
     else:
         model, arch = FaceBackboneSurrogate(attributes, cfg["hidden"], box), FACE_ARCH
-        embed = lambda images: embed_chips(model, images, box)
+        embed = lambda images: embed_in_batches(model, images)
 
     def chips(split: str, limit: int | None) -> FaceAttributes:
         return FaceAttributes(manifest, image_dir, [split], list(attributes), size=size, limit=limit, seed=seed)

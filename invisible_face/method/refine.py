@@ -26,6 +26,7 @@ from torch import nn
 
 from invisible_face.method.ldman import cap_rms
 from invisible_face.method.recompression import diverse_input
+from invisible_face.models.ensemble import SEP
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -77,7 +78,7 @@ def member_groups(classes: dict[str, torch.Tensor]) -> list[list[str]]:
     the first member's plain), in order; a single model's keys are one group."""
     groups: dict[str, list[str]] = {}
     for key in classes:
-        groups.setdefault(key.rsplit("/", 1)[0] if "/" in key else "", []).append(key)
+        groups.setdefault(key.rsplit(SEP, 1)[0] if SEP in key else "", []).append(key)
     return list(groups.values())
 
 

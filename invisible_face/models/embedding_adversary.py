@@ -12,16 +12,14 @@ Saved as ``<name>.safetensors`` (tensors) + ``<name>.json`` (config): loading un
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from invisible_face.models.face_backbone import EmbeddingHeads, save_safetensors
+from invisible_face.models.face_backbone import EmbeddingHeads, read_saved, save_safetensors
 from invisible_face.models.identity import IdentityEmbedder
 from invisible_face.protect.photo_io import to_uint8
 
@@ -71,10 +69,7 @@ class EmbeddingAdversary(EmbeddingHeads):
     @classmethod
     def load(cls, path: str | Path) -> "EmbeddingAdversary":
         """Rebuild a saved adversary (any of ``<stem>``, ``<stem>.pt``, ``.json``, ``.safetensors``), in eval mode."""
-        path = Path(path)
-        cfg = json.loads(path.with_suffix(".json").read_text())
-        if cfg.get("arch") != ARCH:
-            raise ValueError(f"{path}: arch {cfg.get('arch')!r} is not an embedding adversary ({ARCH})")
+        cfg, state = read_saved(path, ARCH)
         model = cls(cfg["attributes"], cfg.get("hidden", 0))
-        model.load_state_dict(load_file(str(path.with_suffix(".safetensors"))))
+        model.load_state_dict(state)
         return model.eval()

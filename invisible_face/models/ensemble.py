@@ -23,11 +23,6 @@ def member_key(member: str, attribute: str, first: bool) -> str:
     return attribute if first else f"{member}{SEP}{attribute}"
 
 
-def attribute_of(key: str) -> str:
-    """The attribute an ensemble key is a call of: ``face_backbone/gender`` -> ``gender``."""
-    return key.rsplit(SEP, 1)[-1]
-
-
 def first_member_calls(logits: dict[str, Any]) -> dict[str, Any]:
     """The first member's entries of an ensemble output (its plain attribute names)."""
     return {k: v for k, v in logits.items() if SEP not in k}

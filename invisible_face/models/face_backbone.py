@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from invisible_face.models.dlib_resnet import CHIP_SIZE, DlibFaceNet, load_dlib_face_net
-from invisible_face.models.face_chip import chip_affine, five_points_batch, warp_to_chip
+from invisible_face.models.face_chip import chip_affine, embed_chips, five_points_batch
 
 DIM = 128  # dlib_face_recognition_resnet_model_v1
 ARCH = "dlib_resnet_heads"  # a saved FaceBackboneSurrogate
@@ -37,6 +37,16 @@ def save_safetensors(model: nn.Module, path: str | Path, config: dict[str, Any])
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
     path.with_suffix(".json").write_text(json.dumps(config, indent=2))
     return path
+
+
+def read_saved(path: str | Path, arch: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, state dict) of a model saved by :func:`save_safetensors` (any of ``<stem>``,
+    ``<stem>.pt``, ``.json``, ``.safetensors``); a ValueError when its config is not of ``arch``."""
+    path = Path(path)
+    cfg = json.loads(path.with_suffix(".json").read_text())
+    if cfg.get("arch") != arch:
+        raise ValueError(f"{path}: arch {cfg.get('arch')!r} is not {arch}")
+    return cfg, load_file(str(path.with_suffix(".safetensors")))
 
 
 class EmbeddingHeads(nn.Module):
@@ -120,7 +130,7 @@ class FaceBackboneSurrogate(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W in [0, 1] -> B x 128 face embeddings, differentiable in ``x``."""
-        return self.net(warp_to_chip(x, self.chip_affines(x), CHIP_SIZE))
+        return embed_chips(self.net, x, self.chip_affines(x))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.heads(self.embed(x))
@@ -144,20 +154,11 @@ class FaceBackboneSurrogate(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "FaceBackboneSurrogate":
-        path = Path(path)
-        cfg = json.loads(path.with_suffix(".json").read_text())
-        if cfg.get("arch") != ARCH:
-            raise ValueError(f"{path}: arch {cfg.get('arch')!r} is not a face-backbone surrogate ({ARCH})")
-        return cls.from_state(cfg, load_file(str(path.with_suffix(".safetensors"))))
+        return cls.from_state(*read_saved(path, ARCH))
 
 
 @torch.no_grad()
-def embed_chips(net: DlibFaceNet | FaceBackboneSurrogate, images: torch.Tensor, box_fractions: list[float],
-                batch: int = 32) -> np.ndarray:
-    """N x 3 x H x W chips (uint8 or [0, 1]) -> N x 128 float32 embeddings by the PyTorch network, in batches."""
-    model = net if isinstance(net, FaceBackboneSurrogate) else FaceBackboneSurrogate({}, 0, box_fractions, net)
-    out = []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        out.append(model.embed(x.float() / 255 if x.dtype == torch.uint8 else x.float()))
-    return torch.cat(out).numpy()
+def embed_in_batches(model: FaceBackboneSurrogate, images: torch.Tensor, batch: int = 32) -> np.ndarray:
+    """N x 3 x H x W chips (uint8 or [0, 1]) -> N x 128 float32 embeddings by ``model``'s network, in batches."""
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    return torch.cat([model.embed(x[i:i + batch]) for i in range(0, len(x), batch)]).numpy()
