@@ -9,12 +9,14 @@ known-backbone adversary (the embedding adversary), as the evaluation scores the
 
     python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
                                        [--split test] [--known-labels] [--no-pgd] [--pgd-steps 10]
-                                       [--refine KEY=JSON ...] [--transfer]
+                                       [--set SECTION.KEY=JSON ...] [--transfer]
 
 Faces are a seeded sample of the split. ``--known-labels`` tells the protector each face's true
-attributes (as the evaluation's ``invisible_face_known_labels``). ``--refine`` overrides the export's
-``refine`` settings, e.g. ``--refine cover=0.95 --refine 'shrink=[]' --refine crop_fallback=false``:
-compare settings on ``--split val``, not on the test split, with ``--no-pgd`` to skip the baseline.
+attributes (as the evaluation's ``invisible_face_known_labels``). ``--set`` overrides one of the
+export's settings (a dotted key of its config), e.g. ``--set refine.steps=8 --set 'refine.shrink=[]'
+--set protect.visibility.enabled=false``: compare settings on ``--split val``, not on the test split,
+with ``--no-pgd`` to skip the baseline. Face SSIM / PSNR and the texture ratio are on the chips' face
+masks (from the landmarks stage), as the evaluation scores them.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from PIL import Image
 import invisible_face.protect.protector as protector_module
 from invisible_face.data.faces import sample_rows
 from invisible_face.evaluate.attacks import baseline_attack
-from invisible_face.evaluate.evaluation import TestSet, score
+from invisible_face.evaluate.evaluation import TestSet, face_naturalness, score
 from invisible_face.evaluate.metrics import mosr, psnr, ssim
+from invisible_face.method.ldman_training import chip_masks
 from invisible_face.method.recompression import jpeg
 from invisible_face.models.classifiers import classifier_path, models_dir
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
@@ -58,7 +61,7 @@ def time_parts(protector: Protector) -> dict[str, float]:
 
     protector.landmarks.chip = timed("landmarks", protector.landmarks.chip)
     for name, fn in (("region search", "select_region"), ("mask", "face_mask"), ("G + DP", "generator_protect"),
-                     ("check", "shrink_perturbation"), ("refinement", "refine_perturbation")):
+                     ("check + refinement", "refine_perturbation")):
         setattr(protector_module, fn, timed(name, getattr(protector_module, fn)))
     return seconds
 
@@ -99,22 +102,28 @@ def main() -> None:
     parser.add_argument("--known-labels", action="store_true", help="tell the protector the true labels")
     parser.add_argument("--no-pgd", action="store_true", help="skip the PGD baseline")
     parser.add_argument("--pgd-steps", type=int, default=10)
-    parser.add_argument("--refine", action="append", default=[], metavar="KEY=JSON",
-                        help="override one of the export's refine settings")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                        help="override one of the export's settings, e.g. refine.steps=8")
     parser.add_argument("--transfer", action="store_true",
                         help="also score the zoo and the embedding adversary on the written faces")
     args = parser.parse_args()
     cfg = load_params(PROJECT_ROOT / "params.yaml")
     protector = Protector.load(args.model)
-    for item in args.refine:
+    for item in args.set:
         key, value = item.split("=", 1)
-        if key not in protector.config["refine"]:
-            parser.error(f"--refine {key}: not a refine setting ({', '.join(protector.config['refine'])})")
-        protector.config["refine"][key] = json.loads(value)
+        *sections, name = key.split(".")
+        section = protector.config
+        for part in sections:
+            section = section.get(part) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or name not in section:
+            parser.error(f"--set {key}: not a setting of the export's config")
+        section[name] = json.loads(value)
     test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", [args.split], args.faces, cfg["seed"])
     chips = [np.array(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
     labels = {k: torch.tensor(test[k].to_numpy()) for k in protector.config["attributes"]}
     clean = torch.stack([to_tensor(c) for c in chips])
+    masks = chip_masks(test["file"].tolist(), dict(np.load(PROJECT_ROOT / "artifacts/landmarks/landmarks.npz")),
+                       cfg["validate"]["expected_size"][0], clean.shape[-1], cfg["protector"]["mask"])
     print(f"{len(chips)} {args.split} faces (200x200), torch threads {torch.get_num_threads()}, "
           f"landmarks {protector.landmarks.name}, {'told the true labels' if args.known_labels else 'no labels'}, "
           f"refine {json.dumps(protector.config['refine'])}")
@@ -132,9 +141,9 @@ def main() -> None:
     def scores(x):
         resnet = protector.generator_surrogate  # the white-box ResNet-18 (the ensemble's first member)
         preds, after_jpeg = predict(resnet, x), predict(resnet, jpeg(x, 75))
-        p = psnr(clean, x)
+        p, face = psnr(clean, x), face_naturalness(clean, x, masks)
         return (mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item(),
-                mosr(after_jpeg, labels))
+                mosr(after_jpeg, labels), face["face_ssim"], face["face_psnr"], face["texture_ratio"])
 
     pgd_name = f"PGD-{args.pgd_steps} (full)"
     rows, written = {"Invisible-Face": (ours_ms, *scores(ours))}, {"Invisible-Face": ours}
@@ -147,9 +156,10 @@ def main() -> None:
         pgd_ms = 1000 * (time.perf_counter() - start) / len(chips)
         written[pgd_name] = (pgd * 255).round() / 255  # both saved as 8-bit images
         rows[pgd_name] = (pgd_ms, *scores(written[pgd_name]))
-    print(f"{'method':16s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s}")
-    for name, (ms, m, s_, p_, j) in rows.items():
-        print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f}")
+    print(f"{'method':16s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s} "
+          f"{'faceSSIM':>8s} {'facePSNR':>8s} {'texture':>7s}")
+    for name, (ms, m, s_, p_, j, fs, fp, t) in rows.items():
+        print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f} {fs:8.3f} {fp:8.2f} {t:7.3f}")
     if args.transfer:
         transfer(cfg, written, TestSet(clean, labels), protector.generator_surrogate)
     print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")

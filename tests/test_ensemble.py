@@ -53,7 +53,7 @@ def test_protected_only_when_every_member_is_fooled():
     mask = torch.ones(len(x), 1, 24, 24)
     with torch.no_grad():
         first_sets = one_hot_calls(first(x))
-    delta, fooled_first, _ = refine_perturbation(first, x, torch.zeros_like(x), mask, first_sets, 0.1, steps=40,
+    delta, fooled_first, _, _ = refine_perturbation(first, x, torch.zeros_like(x), mask, first_sets, 0.1, steps=40,
                                                  step_size=0.25, stop_margin=0.5)
     assert fooled_first.all()
     sets = ensemble.member_classes(x, first_sets, cover=0.95)
@@ -64,7 +64,7 @@ def test_protected_only_when_every_member_is_fooled():
     # the ensemble's check agrees with "every member fooled", and is stricter than the first member's
     assert (ok <= fooled_first).all() and (ok <= second_fooled).all()
     assert not ok.all()
-    delta, fooled, logits = refine_perturbation(ensemble, x, torch.zeros_like(x), mask, sets, 0.1, steps=60,
+    delta, fooled, logits, _ = refine_perturbation(ensemble, x, torch.zeros_like(x), mask, sets, 0.1, steps=60,
                                                 step_size=0.25, stop_margin=0.5)
     with torch.no_grad():
         after = ensemble(x + delta)
@@ -89,9 +89,9 @@ def test_keep_identity_bounds_the_embeddings_move():
         sets, clean = one_hot_calls(model(x)), model.embed(x)
     distance = lambda y: (model.embed(y) - clean).norm(dim=1)
     args = dict(epsilon=0.2, steps=40, step_size=0.25, stop_margin=0.5, push_margin=3.0)
-    free, free_fooled, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, **args)
+    free, free_fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, **args)
     bound = 0.5 * distance(x + free).min().item()  # the free push moves every face further than this
-    kept, kept_fooled, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, identity=distance,
+    kept, kept_fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, identity=distance,
                                                identity_bound=bound, **args)
     assert free_fooled.any()
     with torch.no_grad():

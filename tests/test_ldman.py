@@ -227,12 +227,13 @@ def constant_generator(cfg: dict, value: float) -> Generator:
 def spy_refinement(monkeypatch):
     import invisible_face.protect.protector as protector_module
 
-    calls = []
+    calls = []  # per call: the sets it steered away from and the steps it took (its first check is G's)
     real = protector_module.refine_perturbation
 
     def spy(*args, **kw):
-        calls.append(args)
-        return real(*args, **kw)
+        result = real(*args, **kw)
+        calls.append({"classes": args[4], "steps": int(result[3][0])})
+        return result
 
     monkeypatch.setattr(protector_module, "refine_perturbation", spy)
     return calls
@@ -246,13 +247,13 @@ def test_a_face_the_generator_protects_gets_no_refinement_step(ldman_env, tmp_pa
 
     brightening = Protector(config, constant_generator(cfg, 10.0), toy)
     out, records = brightening.protect_chip(chip)
-    assert spy_refinement == [] and records[0].path == "generator"
+    assert [c["steps"] for c in spy_refinement] == [0] and records[0].path == "generator"
     assert records[0].predicted_before == {k: 0 for k in ATTRS} and records[0].predicted_after == {k: 1 for k in ATTRS}
     assert 0 < np.abs(out.astype(int) - chip.astype(int)).max() <= round(255 * config["protect"]["epsilon"]) + 1
 
     darkening = Protector(config, constant_generator(cfg, -10.0), toy)  # pushes the wrong way: G fails
     _, records = darkening.protect_chip(chip)
-    assert len(spy_refinement) >= 1 and records[0].path in ("refined", "not_protected")
+    assert spy_refinement[1]["steps"] > 0 and records[0].path in ("refined", "not_protected")
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -366,7 +367,7 @@ def test_the_sets_are_the_given_labels_or_the_plausible_classes_with_the_exports
     assert records[0].path == "not_protected"
     for k, v in labels.items():
         one_hot = [[c == v for c in range(ATTRS[k])]]
-        assert to_g[0][k].tolist() == one_hot and spy_refinement[0][4][k].tolist() == one_hot, k
+        assert to_g[0][k].tolist() == one_hot and spy_refinement[0]["classes"][k].tolist() == one_hot, k
 
     to_g.clear()
     spy_refinement.clear()
@@ -375,4 +376,4 @@ def test_the_sets_are_the_given_labels_or_the_plausible_classes_with_the_exports
         logits = protector.surrogate(resize(torch.from_numpy(chip).permute(2, 0, 1)[None].float() / 255, WORK))
     for k, v in logits.items():
         expected = plausible_classes(v, 0.6)
-        assert torch.equal(to_g[0][k], expected) and torch.equal(spy_refinement[0][4][k], expected), k
+        assert torch.equal(to_g[0][k], expected) and torch.equal(spy_refinement[0]["classes"][k], expected), k

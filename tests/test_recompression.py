@@ -87,7 +87,7 @@ def test_with_survive_jpeg_every_face_called_protected_survives_a_pillow_round_t
         classes = {k: plausible_classes(v, 0.95) for k, v in model(images).items()}
     survive = None if quality is None else (lambda x: jpeg(x, quality))
     through = None if quality is None else (lambda x: jpeg_differentiable(x, quality))
-    delta, fooled, _ = refine_perturbation(model, images, torch.zeros_like(images), torch.ones(8, 1, 64, 64),
+    delta, fooled, _, _ = refine_perturbation(model, images, torch.zeros_like(images), torch.ones(8, 1, 64, 64),
                                            classes, 8 / 255, 30, 0.3, 1.0, (0.6, 0.8), survive, through)
     assert fooled.sum() >= 6
     written = ((images + delta) * 255).round() / 255

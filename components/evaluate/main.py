@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -19,6 +20,7 @@ import pandas as pd
 import torch
 
 from invisible_face.data.faces import FaceAttributes
+from invisible_face.data.synthetic_photos import LAYOUTS, write_photos
 from invisible_face.evaluate.attacks import baseline_attack
 from invisible_face.evaluate.evaluation import (
     TestSet,
@@ -37,14 +39,15 @@ from invisible_face.evaluate.evaluation import (
     truth_in_cover,
 )
 from invisible_face.evaluate.metrics import mosr
+from invisible_face.method.ldman_training import chip_masks
 from invisible_face.models.classifiers import attribute_sizes, classifier_path, surrogate_path
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
 from invisible_face.models.face_backbone import FaceBackboneSurrogate
 from invisible_face.models.networks import load_classifier
 from invisible_face.models.perceptual import Perceptual
 from invisible_face.params import load_params
-from invisible_face.protect.photo_io import to_tensor, to_uint8
-from invisible_face.protect.protector import PATHS, Protector, protection_grid
+from invisible_face.protect.photo_io import read_photo, to_tensor, to_uint8
+from invisible_face.protect.protector import PATHS, Protector, photo_face_crops, protection_grid
 from invisible_face.tracking import run_tags, setup_mlflow
 
 PAPER = {  # UTKFace, ResNet-18 (Tables I, II, V, VI); "-" where the paper gives no figure
@@ -81,6 +84,11 @@ VARIANTS = {
     "invisible_face_known_labels": ({}, True),
     # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
     "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
+    # the change kept off smooth skin by the visibility budget (invisible_face/method/visibility.py)
+    "invisible_face_visibility": ({"protect": {"visibility": {"enabled": True}}}, False),
+    # the slow step schedule this one replaced: 20 small steps, no momentum, the gradient through a JPEG too
+    "invisible_face_slow": ({"refine": {"steps": 20, "step_size": 0.3, "momentum": 0.0, "jpeg_gradient": True}},
+                            False),
     # steps that stop at the stop margin (no push further for transfer, as before the push margin)
     "invisible_face_no_push": ({"refine": {"push_margin": None}}, False),
     # the stop rule without the survive-JPEG check (the deployed one before it)
@@ -104,12 +112,16 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", default="artifacts/export/protector")
     parser.add_argument("--out", default="artifacts/evaluate")
+    parser.add_argument("--landmarks", default="artifacts/landmarks/landmarks.npz")
     args = parser.parse_args()
 
     cfg = load_params(args.params)
     ecfg = cfg["evaluate"]
     faces = chips_of(cfg, "test", ecfg["test_images"])
-    data = TestSet(faces.images.float() / 255, dict(faces.labels))
+    # face pixels (face SSIM / PSNR, texture ratio): the protector's face mask from the landmarks stage's points
+    masks = chip_masks(faces.table["file"].tolist(), dict(np.load(args.landmarks)), cfg["validate"]["expected_size"][0],
+                       cfg["ldman"]["image_size"], cfg["protector"]["mask"])
+    data = TestSet(faces.images.float() / 255, dict(faces.labels), face_masks=masks)
     surrogate = load_classifier(surrogate_path(cfg))  # the white-box ResNet-18: MOSR, robustness, the baselines
     face_cfg = cfg["classifiers"].get("face_surrogate")  # the ensemble's other member, scored white-box too
     members = {face_cfg["name"]: FaceBackboneSurrogate.load(classifier_path(face_cfg["name"]))} if face_cfg else {}
@@ -146,14 +158,18 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results, robust, deltas = {}, {}, {}
     # the presets and variants run on the first ``variant_images`` of the same chips (each takes seconds a face)
-    variant_data = TestSet(data.images[:ecfg["variant_images"]],
-                           {k: v[:ecfg["variant_images"]] for k, v in data.labels.items()})
+    variant_data = data.head(ecfg["variant_images"])
     for name, protect in methods.items():
         on = variant_data if name.startswith("invisible_face_") else data
         print(f"evaluate: {name} ({len(on.images)} chips)", flush=True)
         protected, ms = run_method(protect, on)
         if name == "invisible_face":  # the test chips' records, before the adaptive attacker's chips add theirs
             test_records = list(deployed_records)
+            # the same protector on the variants' chips: what each variant is compared with
+            head = variant_data.images.shape[0]
+            results["invisible_face_variant_chips"] = {
+                **score(protected[:head], variant_data, surrogate, zoo, embed, adversary, perceptual, members),
+                "ms_per_image": float("nan"), "chips": head}
         results[name] = {**score(protected, on, surrogate, zoo, embed, adversary, perceptual, members),
                          "ms_per_image": ms, "chips": len(on.images)}
         robust[name] = robustness(protected, on, surrogate)
@@ -169,6 +185,16 @@ def main() -> None:
             deltas[name] = protected - on.images
             protection_grid(on.images[: ecfg["grid_images"]], protected[: ecfg["grid_images"]],
                             out / f"grid_{name}.png")
+    # in-the-wild-like photos (chips composed at photo scale), at 2x: where a change shows on skin
+    print("evaluate: photo crops", flush=True)
+    with tempfile.TemporaryDirectory() as photos:
+        write_photos(cfg["data"]["image_dir"], photos, {k: LAYOUTS[k] for k in ecfg["photos"]})
+        for photo_name in ecfg["photos"]:
+            clean = read_photo((Path(photos) / photo_name).read_bytes()).rgb
+            protected, records = protector.protect(clean)
+            budgeted, _ = protector.variant(VARIANTS["invisible_face_visibility"][0]).protect(clean)
+            photo_face_crops(clean, {"standard": protected, "visibility budget": budgeted}, records,
+                             out / f"photo_crops_{Path(photo_name).stem}.png")
     perturbation_kde({k: v for k, v in deltas.items() if not k.startswith("invisible_face_")}, epsilon,
                      out / "perturbation_kde.png")
     families = {"invisible_face": ["invisible_face_light", "invisible_face", "invisible_face_strong"]}
@@ -248,10 +274,15 @@ def headline(results: dict, robust: dict, records: list, members: list[str]) -> 
     for preset in STRENGTHS:
         if f"invisible_face_{preset}" in results:
             out[f"identity_kept_{preset}"] = results[f"invisible_face_{preset}"].get("identity_kept")
-    keep = results.get("invisible_face_keep_identity")
-    if keep is not None:
-        out |= {f"keep_identity_{k}": v for k, v in {"mosr": keep["mosr"], "ssim": keep["ssim"], "psnr": keep["psnr"],
-                                                    **tiers(keep)}.items()}
+    out |= {k: p[k] for k in ("face_ssim", "face_psnr", "texture_ratio") if k in p}
+    # the variants a change is judged against, beside it: <variant>_<figure>
+    for variant in ("variant_chips", "keep_identity", "visibility", "slow"):
+        row = results.get(f"invisible_face_{variant}")
+        if row is not None:
+            figures = {k: row[k] for k in ("mosr", "ssim", "psnr", "face_ssim", "face_psnr", "texture_ratio",
+                                           "ms_per_image") if k in row}
+            figures |= {f"{m}_mosr": row[f"mosr_{m}"] for m in members}
+            out |= {f"{variant}_{k}": v for k, v in {**figures, **tiers(row)}.items()}
     after = robust.get("invisible_face", {})
     for column in [c.removeprefix("mosr_after_") for c in after if c.startswith("mosr_after_")]:
         if p["mosr"] > 0:
@@ -355,7 +386,10 @@ def render_report(results: dict, robust_table: pd.DataFrame, frontier: pd.DataFr
               "fallback (the paper's inference); `_region` perturbs Algorithm 1's rectangle instead of the feathered",
               "face mask; `_full_region` the whole crop (Table V); `_no_survive` drops the survive-JPEG check from",
               "the stop rule; `_no_push` stops at the stop margin; `_keep_identity` bounds the face embedding's move;",
-              "`_light` and `_strong` are the strength presets. Params `evaluate.variants` picks the variants a",
+              "`_visibility` keeps the change off smooth skin (the visibility budget); `_slow` is the step schedule",
+              "before the fast one (20 small steps, the gradient through a JPEG too);",
+              "`_light` and `_strong` are the strength presets; `_variant_chips` is the deployed protector's",
+              "output on the chips the presets and variants run on. Params `evaluate.variants` picks the variants a",
               "run scores.",
               "`<baseline>_eps<k>`: the baseline at a budget of k/255 (the frontier)."]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from torch import nn
 from invisible_face.evaluate.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.method.recompression import POST_PROCESSING
 from invisible_face.method.refine import plausible_classes
+from invisible_face.method.visibility import texture_ratio
 from invisible_face.models.embedding_adversary import EmbeddingAdversary
 from invisible_face.models.identity import SAME_PERSON
 from invisible_face.models.networks import AttributeClassifier, logits, predict
@@ -29,6 +30,12 @@ class TestSet:
     labels: dict[str, torch.Tensor]      # attribute -> N
     clean_embeddings: np.ndarray | None = None  # N x 128 face embeddings of the clean chips, once (see score)
     clean_logits: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # model name -> its logits, once
+    face_masks: torch.Tensor | None = None  # N x 1 x H x W: the face masks from the chips' landmarks (face pixels)
+
+    def head(self, n: int) -> "TestSet":
+        """The first ``n`` chips (their labels and face masks)."""
+        masks = self.face_masks[:n] if self.face_masks is not None else None
+        return TestSet(self.images[:n], {k: v[:n] for k, v in self.labels.items()}, face_masks=masks)
 
     def clean_calls(self, name: str, model: AttributeClassifier) -> dict[str, torch.Tensor]:
         """``model``'s logits on the clean chips {attribute: N x C}, computed on first use: every
@@ -89,6 +96,8 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
     row = {"mosr": m, "mosr_correct": mosr_correct(clean_pred, adv_pred, data.labels), "ssim": s, "psnr": p,
            "h_pn": h_pn(m, s, p), perceptual.metric_name: percep, "perceptual": perceptual.name,
            **{f"mosr_{k}_attributes": v for k, v in mosr_by_count(adv_pred, data.labels).items()}}
+    if data.face_masks is not None:
+        row |= face_naturalness(data.images, protected, data.face_masks)
     for name, model in {**(members or {}), **zoo}.items():
         zoo_pred = predict(model, protected)
         row[f"mosr_{name}"] = mosr(zoo_pred, data.labels)
@@ -120,6 +129,25 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
         row["known_backbone_fooled_mean"] = float(np.mean([row[f"known_backbone_fooled_{a}"]
                                                                 for a in data.labels]))
     return row
+
+
+def face_naturalness(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
+    """Naturalness on the face itself: SSIM and PSNR over the face mask's bounding box, and the
+    texture ratio (mean |change| on the 40 % smoothest face pixels over the rest,
+    :func:`invisible_face.method.visibility.texture_ratio`; mean over the chips that changed).
+    clean, protected: N x 3 x H x W; masks: N x 1 x H x W."""
+    ssims, psnrs = [], []
+    for c, x, m in zip(clean, protected, masks):
+        ys, xs = torch.nonzero(m[0] > 0.5, as_tuple=True)
+        box = (slice(None), slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)) \
+            if len(ys) else (slice(None),) * 3
+        ssims.append(ssim(c[box][None], x[box][None])[0])
+        psnrs.append(psnr(c[box][None], x[box][None])[0])
+    p, ratio = torch.stack(psnrs), texture_ratio(clean, protected, masks)
+    return {"face_ssim": torch.stack(ssims).mean().item(),
+            "face_psnr": p[torch.isfinite(p)].mean().item() if torch.isfinite(p).any() else float("inf"),
+            "texture_ratio": ratio[torch.isfinite(ratio)].mean().item() if torch.isfinite(ratio).any()
+            else float("nan")}
 
 
 # ------------------------------------------------------------------ robustness

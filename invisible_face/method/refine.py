@@ -88,21 +88,27 @@ def push_target(stop_margin: float, push_margin: float | None) -> float:
 
 
 def worst_margins(model: nn.Module, x: torch.Tensor, logits: dict[str, torch.Tensor],
-                  classes: dict[str, torch.Tensor], survive: Transform | None) -> torch.Tensor:
+                  classes: dict[str, torch.Tensor], survive: Transform | None, stop_margin: float) -> torch.Tensor:
     """Set margins of ``x`` (its logits given), and with ``survive`` the larger of those and the
-    margins after the round trip (no gradient through it): B x A, negative = fooled both ways."""
+    margins after the round trip (no gradient through it): B x A, negative = fooled both ways.
+    The round trip is only run for the images already past ``stop_margin`` as written: the others
+    are not fooled either way, and a codec pass costs as much as a forward pass."""
     margins = attribute_margins(logits, classes)
-    if survive is not None:
+    candidates = (margins < -stop_margin).all(1)
+    if survive is not None and candidates.any():
         with torch.no_grad():
-            margins = torch.maximum(margins, attribute_margins(model(survive(x.detach())), classes))
+            after = attribute_margins(model(survive(x.detach()[candidates])),
+                                      {k: c[candidates] for k, c in classes.items()})
+        margins = margins.clone()
+        margins[candidates] = torch.maximum(margins[candidates], after)
     return margins
 
 
-def shape_step(grad: torch.Tensor, chroma_weight: float = 1.0, smooth: float = 0.0) -> torch.Tensor:
+def shape_step(grad: torch.Tensor, chroma_weight: float | torch.Tensor = 1.0, smooth: float = 0.0) -> torch.Tensor:
     """A step direction people see less and JPEG keeps more: its chroma part (what is left after the
-    grey mean over channels) scaled by ``chroma_weight``, then a Gaussian blur of sigma ``smooth``
-    times the image side. B x 3 x H x W -> same."""
-    if chroma_weight != 1.0:
+    grey mean over channels) scaled by ``chroma_weight`` (one value, or B x 1 x H x W per pixel), then a
+    Gaussian blur of sigma ``smooth`` times the image side. B x 3 x H x W -> same."""
+    if isinstance(chroma_weight, torch.Tensor) or chroma_weight != 1.0:
         luma = grad.mean(1, keepdim=True)
         grad = luma + chroma_weight * (grad - luma)
     sigma = smooth * max(grad.shape[-2:])
@@ -128,7 +134,8 @@ def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     x = images.repeat_interleave(k, 0) + candidates
     with torch.no_grad():
         logits = model(x)
-    margins = worst_margins(model, x, logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()}, survive)
+    margins = worst_margins(model, x, logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()}, survive,
+                            stop_margin)
     ok = (margins < -stop_margin).all(1).view(b, k)
     pick = torch.arange(b) * k + ok.float().argmax(1)  # the first (smallest) working scale
     return candidates[pick], {a: v[pick] for a, v in logits.items()}, ok.any(1)
@@ -140,8 +147,9 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
                         through: Transform | None = None, shape: Transform | None = None, views: int = 0,
                         push_margin: float | None = None, rms: float = float("inf"), momentum: float = 0.0,
                         identity: Transform | None = None,
-                        identity_bound: float = 0.5, identity_weight: float = 1.0
-                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+                        identity_bound: float = 0.5, identity_weight: float = 1.0,
+                        budget: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
     With ``push_margin`` (> stop_margin) the steps go on to that margin: a face counts as fooled
@@ -170,22 +178,29 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     ``identity``: x -> B distances of its face embedding from the clean face's (``keep_identity``): a
     face counts as fooled only while its distance stays under ``identity_bound``, and the steps pull
     it back (past 0.8 of the bound, with ``identity_weight`` times the heads' unit gradient) while the heads
-    are pushed.
-    -> (perturbation B x 3 x H x W, |.| <= epsilon * mask, inside the [0, 1] range;
+    are pushed;
+    ``budget``: B x 1 x H x W, each pixel's share of epsilon (:mod:`invisible_face.method.visibility`):
+    it scales the bound and each step pixel by pixel, while a step's size is still measured over the
+    mask, so the budget moves the change from smooth skin into texture rather than shrinking it.
+    -> (perturbation B x 3 x H x W, |.| <= epsilon * mask * budget, inside the [0, 1] range;
         fooled: B bool, every attribute past ``stop_margin`` at the end;
-        the model's logits on images + perturbation, {attribute: B x C}).
+        the model's logits on images + perturbation, {attribute: B x C};
+        the gradient steps each face took: B int, 0 for a face its starting perturbation already protects).
     """
+    area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
+    if budget is not None:
+        mask = mask * budget
     bound = epsilon * mask
     delta = (images + torch.maximum(torch.minimum(delta, bound), -bound)).clamp(0, 1) - images
-    area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
     generator = torch.Generator().manual_seed(0)
     target = push_target(stop_margin, push_margin)
     kept, was_fooled = delta, torch.zeros(len(images), dtype=torch.bool)  # the last step that fooled each face
     velocity = torch.zeros_like(delta)
+    taken = torch.zeros(len(images), dtype=torch.int64)
     for step in range(steps + 1):
         d = delta.detach().requires_grad_(True)
         logits = model(images + d)
-        margins = worst_margins(model, images + d, logits, classes, survive)
+        margins = worst_margins(model, images + d, logits, classes, survive, stop_margin)
         fooled, reached = (margins < -stop_margin).all(1), (margins < -target).all(1)
         if identity is not None:
             distance = identity(images + d)
@@ -221,6 +236,7 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         velocity = momentum * velocity + unit_rms(grad)  # momentum damps the bouncing between heads
         unit = unit_rms(velocity) * area
         active = (~reached).float().view(-1, 1, 1, 1)
+        taken += (~reached).long()
         delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
         delta = (images + (cap_rms(delta, rms) if math.isfinite(rms) else delta)).clamp(0, 1) - images
     delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
@@ -235,4 +251,4 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         use = found & reached
         delta = torch.where(use.view(-1, 1, 1, 1), shrunk, delta)
         logits = {k: torch.where(use.view(-1, 1), shrunk_logits[k], v) for k, v in logits.items()}
-    return delta, fooled, logits
+    return delta, fooled, logits, taken

@@ -28,15 +28,16 @@ from torch import nn
 from invisible_face.data.landmarks import Face, make_backend
 from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.method.recompression import jpeg_differentiable, survives
-from invisible_face.method.refine import push_target, refine_perturbation, shape_step, shrink_perturbation
+from invisible_face.method.refine import refine_perturbation, shape_step
 from invisible_face.method.regions import rect_masks, select_region
+from invisible_face.method.visibility import visibility_budget
 from invisible_face.models.ensemble import SurrogateEnsemble, first_member_calls, surrogate_from_state
 from invisible_face.models.face_backbone import FaceBackboneSurrogate
 from invisible_face.models.networks import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.params import deep_merge
 from invisible_face.protect.photo_io import to_tensor, to_uint8
 
-FORMAT_VERSION = 8  # 8: the surrogate may be an ensemble with dlib's face network inside
+FORMAT_VERSION = 9  # 8: the surrogate may be an ensemble with dlib's face network inside; 9: visibility budget
 PATHS = ("generator", "refined", "not_protected")
 
 
@@ -74,7 +75,7 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Modul
         "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
         "protect": {"epsilon": lcfg["epsilon"], "min_psnr": lcfg["min_psnr"], "kappa": lcfg["kappa"],
                     "cover": cfg["directions"]["cover"], "mask": {"kind": "face", **pcfg["mask"]},
-                    "survive_jpeg_quality": pcfg["survive_jpeg_quality"]},
+                    "survive_jpeg_quality": pcfg["survive_jpeg_quality"], "visibility": pcfg["visibility"]},
         "regions": {k: cfg["regions"][k]
                     for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
         "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": pcfg["upsample"],
@@ -195,49 +196,55 @@ class Protector:
             (0.0, 0.0, float(w), float(h))
         return mask, box
 
+    def visibility(self, crop: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The share of epsilon each pixel may use (``protect.visibility``; all of it when off):
+        1 x 3 x H x W, its face mask 1 x 1 x H x W -> 1 x 1 x H x W in (0, 1]."""
+        vcfg = self.config["protect"]["visibility"]
+        if not vcfg["enabled"]:
+            return torch.ones_like(mask)
+        return visibility_budget(crop, mask, vcfg["window"], vcfg["texture_gain"], vcfg["reference"], vcfg["floor"])
+
     def protect_face(self, crop: torch.Tensor, points: np.ndarray, labels: dict[str, int] | None = None
                      ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict, str]:
         """crop: 3 x H x W in [0, 1] (the face at its own resolution); points: 68 x 2 in crop pixels;
         labels: the face's true attributes when known (an evaluation, or a user who states them).
         -> (protected crop, perturbed box in crop pixels, predictions before, after, path)."""
-        pcfg, rcfg = self.config["protect"], self.config["refine"]
-        _, h, w = crop.shape
+        pcfg = self.config["protect"]
         mask, box = self.face_region(crop, points)
         known = None
         if labels is not None:
             n = {k: len(v) for k, v in self.config["attributes"].items()}
             known = {k: F.one_hot(torch.tensor([labels[k]]), n[k]).bool() for k in n}
+        budget = self.visibility(crop[None], mask)
+        g_mask = mask if pcfg["visibility"]["applies_to"] == "colour" else mask * budget
         with torch.no_grad():
             before = {k: int(v.argmax(1)) for k, v in self.generator_surrogate(crop[None]).items()}
-        delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None], mask, pcfg["cover"],
+        delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None], g_mask, pcfg["cover"],
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
         if isinstance(self.surrogate, SurrogateEnsemble):  # the other members' sets: each must be fooled too
             classes = self.surrogate.member_classes(crop[None], classes, pcfg["cover"], known)
-        # one batched pass checks G's perturbation and tries it scaled down (the smallest that holds wins);
-        # G's face must reach the margin the refinement pushes to
-        shrunk, logits, protected = shrink_perturbation(self.surrogate, crop[None], delta, classes,
-                                                        [*rcfg["shrink"], 1.0],
-                                                        push_target(rcfg["stop_margin"], rcfg["push_margin"]),
-                                                        survives(pcfg["survive_jpeg_quality"]))
-        if protected.all():
-            delta, path = shrunk, "generator"
-        else:
-            delta, box, logits, path = self._refine(crop, delta, mask, box, classes)
+        # the refinement's first check is G's: a face G protects (to the push margin) takes no step
+        delta, box, logits, path = self._refine(crop, delta, mask, budget, box, classes)
         out = apply_perturbation(crop[None], delta)[0]
         after = {k: int(v.argmax(1)) for k, v in first_member_calls(logits).items()}
         return out, box, before, after, path
 
-    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, box: tuple[float, ...],
-                classes: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[float, ...], dict, str]:
-        """The fallback for a face G left unprotected: steps on the surrogate from G's perturbation
-        inside the mask, then over the whole crop (``crop_fallback``) while it is still not protected
+    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, budget: torch.Tensor,
+                box: tuple[float, ...], classes: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, tuple[float, ...], dict, str]:
+        """G's check and the fallback for a face G leaves unprotected: steps on the surrogate from G's
+        perturbation inside the mask, then over the whole crop (``crop_fallback``) while it is still not
+        protected, both times scaled by the visibility ``budget``
         -> (delta, perturbed box, the surrogate's logits on the result, path)."""
         rcfg, pcfg = self.config["refine"], self.config["protect"]
         _, h, w = crop.shape
         quality = pcfg["survive_jpeg_quality"]
         survive = survives(quality)
         through = None if quality is None or not rcfg["jpeg_gradient"] else (lambda x: jpeg_differentiable(x, quality))
-        shape = lambda g: shape_step(g, rcfg["chroma_weight"], rcfg["smooth"])
+        # the budget bounds the whole change, or (``colour``) only its chroma part: colour shows most on smooth skin
+        colour_only = pcfg["visibility"]["applies_to"] == "colour"
+        chroma = rcfg["chroma_weight"] * budget if colour_only else rcfg["chroma_weight"]
+        shape = lambda g: shape_step(g, chroma, rcfg["smooth"])
         masks = [(mask, box)]
         if rcfg["crop_fallback"]:
             masks.append((torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))))
@@ -248,20 +255,17 @@ class Protector:
             with torch.no_grad():
                 clean = self.face_member.embed(crop[None])
             identity = lambda x: (self.face_member.embed(x) - clean).norm(dim=1)
-        logits: dict[str, torch.Tensor] = {}
-        for mask, box in masks:
-            if rcfg["steps"] == 0:
-                break
-            delta, fooled, logits = refine_perturbation(
+        for tried, (mask, box) in enumerate(masks):
+            delta, fooled, logits, taken = refine_perturbation(
                 self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
                 rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"],
                 rms=psnr_to_rms(rcfg["min_psnr"]), momentum=rcfg["momentum"], identity=identity,
-                identity_bound=rcfg["identity_bound"], identity_weight=rcfg["identity_weight"])
+                identity_bound=rcfg["identity_bound"], identity_weight=rcfg["identity_weight"],
+                budget=None if colour_only else budget)
             if fooled.all():
-                return delta, box, logits, "refined"
-        if not logits:
-            with torch.no_grad():
-                logits = self.surrogate(apply_perturbation(crop[None], delta))
+                return delta, box, logits, "generator" if tried == 0 and int(taken[0]) == 0 else "refined"
+            if rcfg["steps"] == 0:  # G alone: no second mask either
+                break
         return delta, box, logits, "not_protected"
 
     # ------------------------------------------------------------------ photos
@@ -326,4 +330,27 @@ def protection_grid(clean: torch.Tensor, protected: torch.Tensor, path: str | Pa
                                      mode="nearest")
     rows = [clean, protected, perturbation, centre(clean), centre(protected)]
     grid = torchvision.utils.make_grid(torch.cat(rows), nrow=len(clean), padding=2)
+    torchvision.utils.save_image(grid, str(path))
+
+
+def photo_face_crops(clean: np.ndarray, versions: dict[str, np.ndarray], records: list[FaceRecord], path: str | Path,
+                     zoom: int = 2) -> None:
+    """PNG of every face of a photo at ``zoom`` x (nearest, so no smoothing hides a pattern): one
+    column per face, one row for the clean photo and one per protected version (``versions``: name ->
+    RGB uint8 H x W x 3, the same size as ``clean``); ``records``: the faces' boxes."""
+    import torchvision
+
+    h, w = clean.shape[:2]
+    rows = []
+    for photo in [clean, *versions.values()]:
+        tiles = []
+        for r in records:
+            x0, y0, x1, y1 = (int(round(v)) for v in r.box)
+            x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+            tile = to_tensor(np.ascontiguousarray(photo[y0:y1, x0:x1]))[None]
+            tiles.append(F.interpolate(tile, scale_factor=zoom, mode="nearest"))
+        rows += tiles
+    side = max(max(t.shape[-2:]) for t in rows)
+    rows = [F.pad(t, (0, side - t.shape[-1], 0, side - t.shape[-2]), value=1.0) for t in rows]
+    grid = torchvision.utils.make_grid(torch.cat(rows), nrow=len(records), padding=4, pad_value=1.0)
     torchvision.utils.save_image(grid, str(path))
