@@ -174,6 +174,8 @@ def main() -> None:
         for size in ([batched] if args.kill_replica else [1, batched]):
             deploy(model, size, args.replicas)
             requests.post(url + "/protect", files={"file": photos[0]}, timeout=args.timeout)  # warm
+            model_info = requests.get(url + "/healthz", timeout=30).json()
+            print(f"model replica: torch threads {model_info.get('torch_threads')}", flush=True)
             if not args.kill_replica:
                 result = run_load(url, photos, args.clients, args.requests, args.duration, args.timeout)
                 show(f"max_batch_size {size}", result)

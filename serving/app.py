@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -118,7 +119,7 @@ def resolve_model(source: str, tracking_uri: str | None = None) -> Path:
     return stems[0]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.deployment(ray_actor_options={"num_cpus": 2})
 class ProtectorModel:
     """One loaded protector per replica; photos from concurrent requests are batched."""
 
@@ -143,6 +144,7 @@ class ProtectorModel:
         members = surrogate.get("members", {"surrogate": surrogate})  # an ensemble, or one classifier
         return {"model": self.source, "warm": self.warm,
                 "replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
+                "torch_threads": torch.get_num_threads(),
                 "surrogate": {"arch": " + ".join(m["arch"] for m in members.values()),
                               "input_size": " / ".join(str(m["input_size"]) for m in members.values())},
                 "attributes": self.protector.config["attributes"],
@@ -282,7 +284,7 @@ def replica_died(err: BaseException) -> bool:
     return False
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress:
     """HTTP front: validates uploads, calls ``ProtectorModel``, answers images or JSON."""

@@ -10,9 +10,10 @@ The sets, the margins and the capped objective here are also what G trains on an
 
 With a ``survive`` round trip (a real JPEG at the quality a face must survive,
 :func:`invisible_face.method.recompression.survives`) a face counts as protected only when it is protected
-both as written and after that round trip; the steps then also follow the gradient through a
-differentiable JPEG (``through``). Steps are shaped for the eye and the codec (:func:`shape_step`):
-less chroma than luminance, smooth rather than per-pixel.
+both as written and after that round trip; the steps of a face fooled as written then also follow
+the gradient through a differentiable JPEG (``through``). Steps are shaped for the eye and the codec
+(:func:`shape_step`): less chroma than luminance, smooth rather than per-pixel; a visibility ``budget``
+(:mod:`invisible_face.method.visibility`) keeps them off smooth skin.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     fooled at the end is then scaled down by the smallest of ``shrink`` that keeps it fooled
     (:func:`shrink_perturbation`), taking back the last step's overshoot.
     ``survive``: a round trip a fooled face must also survive (checked each step, no gradient);
-    ``through``: a differentiable stand-in for it whose gradient is added to each step's;
+    ``through``: a differentiable stand-in for it whose gradient is added to the steps of a face already
+    past the stop margin as written (before that, the plain gradient alone: it costs half as much);
     ``shape``: maps the gradient to the step's direction (:func:`shape_step`);
     ``views``: random resized and padded views of the face whose gradients are added to each step's
     (input diversity, :func:`invisible_face.method.recompression.diverse_input`; seeded, so a face
@@ -211,7 +213,8 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
             break
         # the push starts once a face is past the stop: until then its hardest attribute gets the gradient
         cap = torch.where(fooled, target, stop_margin) + 0.5
-        through_logits = model(through(images + d)) if through is not None else None
+        near = (attribute_margins(logits, classes) < -stop_margin).all(1)  # fooled as written
+        through_logits = model(through((images + d)[near])) if through is not None and near.any() else None
         if views:  # one batched pass over every view
             diverse = torch.cat([diverse_input(images + d, 1.0, generator) for _ in range(views)])
             view_logits, view_cap = model(diverse), cap.repeat(views)
@@ -223,7 +226,8 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
             sets = {k: classes[k] for k in keys}
             loss = set_margin_loss({k: logits[k] for k in keys}, sets, cap).sum()
             if through_logits is not None:
-                loss = loss + set_margin_loss({k: through_logits[k] for k in keys}, sets, cap).sum()
+                loss = loss + set_margin_loss({k: through_logits[k] for k in keys},
+                                              {k: c[near] for k, c in sets.items()}, cap[near]).sum()
             if views:
                 repeated = {k: c.repeat(views, 1) for k, c in sets.items()}
                 loss = loss + set_margin_loss({k: view_logits[k] for k in keys}, repeated, view_cap).sum() / views
