@@ -119,10 +119,12 @@ def test_headline_counts_paths_and_retention_from_the_deployed_records():
                record("not_protected", 500.0)]
     row = {"mosr": 0.8, "ssim": 0.95, "psnr": 35.0, "h_pn": 0.8, "truth_in_cover": 0.75, "mosr_face": 0.7,
            "known_backbone_mosr": 0.6, "known_backbone_fooled_gender": 0.9, "zoo_fooled_mean": 0.1,
-           "identity_kept": 0.8, "fooled_face_gender": 0.5}
+           "identity_kept": 0.8, "fooled_face_gender": 0.5, "texture_ratio": 0.9, "face_ssim": 0.93}
     keep = {**row, "known_backbone_mosr": 0.5, "identity_kept": 0.95}
     results = {"invisible_face": row, "invisible_face_g_only": {**row, "mosr": 0.4},
-               "invisible_face_keep_identity": keep, "invisible_face_light": {**row, "identity_kept": 1.0}}
+               "invisible_face_keep_identity": keep, "invisible_face_light": {**row, "identity_kept": 1.0},
+               "invisible_face_variant_chips": {**row, "mosr": 0.7},
+               "invisible_face_slow": {**row, "mosr_face": 0.75, "zoo_fooled_mean": 0.12, "ms_per_image": 900.0}}
     top = evaluate.headline(results, {"invisible_face": {"mosr_after_jpeg75": 0.6, "mosr_after_resize_half": 0.8}},
                             records, ["face"])
     assert top["g_only_protected_share"] == 0.5 and top["path_share_refined"] == 0.25
@@ -135,6 +137,41 @@ def test_headline_counts_paths_and_retention_from_the_deployed_records():
     assert top["identity_kept_light"] == 1.0 and "identity_kept_strong" not in top
     assert top["keep_identity_identity_kept"] == 0.95 and top["keep_identity_known_backbone_mosr"] == 0.5
     assert abs(top["protector_mosr_of_ceiling"] - 0.8 / 0.75) < 1e-9 and top["label_free_ceiling"] == 0.75
+    # naturalness on the face, and the variants a change is judged against, on the same chips
+    assert top["texture_ratio"] == 0.9 and top["face_ssim"] == 0.93
+    assert top["variant_chips_mosr"] == 0.7 and top["slow_face_mosr"] == 0.75 and top["slow_zoo_fooled_mean"] == 0.12
+    assert top["slow_ms_per_image"] == 900.0 and not any(k.startswith("visibility_") for k in top)
+
+
+def test_face_naturalness_scores_the_face_box_and_where_the_change_went():
+    from invisible_face.evaluate.evaluation import face_naturalness
+
+    torch.manual_seed(0)
+    clean = torch.full((2, 3, 32, 32), 0.5)
+    clean[..., 8:24, 16:24] = torch.rand(2, 3, 16, 8)  # texture in the right half of the face
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[..., 8:24, 8:24] = 1.0
+    protected = clean.clone()
+    protected[..., 8:24, 8:16] += 0.03  # the change on the smooth half of the face only
+    protected[..., :4, :4] += 0.3      # and a large one outside the face, which the face figures ignore
+    row = face_naturalness(clean, protected, masks)
+    assert row["texture_ratio"] > 1.5
+    assert abs(row["face_psnr"] - 10 * np.log10(1 / (0.03 ** 2 / 2))) < 0.05  # half the box changed by 0.03
+    assert 0 < row["face_ssim"] < 1
+
+
+def test_photo_face_crops_show_every_face_at_twice_its_size(tmp_path):
+    from PIL import Image
+
+    from invisible_face.protect.protector import FaceRecord, photo_face_crops
+
+    clean = np.zeros((100, 120, 3), np.uint8)
+    records = [FaceRecord(box=[10, 10, 50, 50], region=[], detected=True, score=1.0, ms=0.0),
+               FaceRecord(box=[60, 20, 90, 50], region=[], detected=True, score=1.0, ms=0.0)]
+    photo_face_crops(clean, {"protected": clean + 10}, records, tmp_path / "crops.png")
+    with Image.open(tmp_path / "crops.png") as img:
+        # two columns of 80 px tiles (the larger face at 2x), two rows, 4 px padding around each
+        assert img.size == (2 * 80 + 3 * 4, 2 * 80 + 3 * 4)
 
 
 def test_frontier_has_one_curve_per_method_and_robustness_one_row_per_method(tmp_path):
