@@ -83,7 +83,7 @@ def model_replicas() -> list[str]:
 def run_load(url: str, photos: list[tuple[str, bytes]], clients: int, count: int, duration: float,
              timeout: float) -> dict:
     """count requests (or until duration) from `clients` threads -> latencies and statuses."""
-    lock, issued, results = threading.Lock(), [0], []
+    lock, issued, results, faces = threading.Lock(), [0], [], [0]
     deadline = time.perf_counter() + duration
 
     def client(_: int) -> None:
@@ -100,6 +100,9 @@ def run_load(url: str, photos: list[tuple[str, bytes]], clients: int, count: int
                 r = session.post(url + "/protect", files={"file": (name, data)}, timeout=timeout)
                 status, batch = r.status_code, int(r.headers.get("X-Batch-Size", 0))
                 retried = r.headers.get("X-Retried") == "1"
+                protected = len(json.loads(r.headers.get("X-Faces", "{}")).get("faces", [])) if status == 200 else 0
+                with lock:
+                    faces[0] += protected
             except requests.Timeout:
                 status, batch = "hung", 0
             except requests.RequestException as err:
@@ -113,7 +116,7 @@ def run_load(url: str, photos: list[tuple[str, bytes]], clients: int, count: int
     wall = time.perf_counter() - t0
     ok = np.array([s for st, s, *_ in results if st == 200])
     return {"requests": len(results), "ok": len(ok), "wall_s": wall,
-            "throughput_rps": len(ok) / wall,
+            "throughput_rps": len(ok) / wall, "faces_per_s": faces[0] / wall,
             "p50_ms": float(np.percentile(ok, 50) * 1000) if len(ok) else None,
             "p95_ms": float(np.percentile(ok, 95) * 1000) if len(ok) else None,
             "p99_ms": float(np.percentile(ok, 99) * 1000) if len(ok) else None,
@@ -126,6 +129,7 @@ def run_load(url: str, photos: list[tuple[str, bytes]], clients: int, count: int
 def show(label: str, r: dict) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     print(f"{label:<22} {r['ok']:>4}/{r['requests']:<4} ok  {r['throughput_rps']:6.2f} photos/s  "
+          f"{r['faces_per_s']:5.2f} faces/s  "
           f"p50 {fmt(r['p50_ms'])} ms  p95 {fmt(r['p95_ms'])} ms  p99 {fmt(r['p99_ms'])} ms  "
           f"errors {r['errors'] or 0}  batch sizes {r['batch_sizes']}  retried {r['retried']}")
 

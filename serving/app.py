@@ -5,8 +5,8 @@ Two deployments:
 - ``ProtectorModel`` loads the export once per replica and protects photos. Concurrent requests
   are gathered by ``@serve.batch`` into one call (up to ``max_batch_size`` photos). What batching
   buys here is honest but modest: the photos of a batch then run one after the other through
-  ``Protector.protect`` in a worker thread (each face is protected at its own resolution, so face
-  tensors of different sizes are not stacked into one forward pass). The batch keeps one
+  ``Protector.protect`` on the replica's one torch thread (each face is protected at its own
+  resolution, so face tensors of different sizes are not stacked into one forward pass). The batch keeps one
   protection running per replica at a time (no thread oversubscription on small machines) and
   leaves the replica's event loop free for health checks. The batch size each request rode in
   comes back in the ``X-Batch-Size`` header, and ``/healthz`` counts the sizes seen.
@@ -35,6 +35,7 @@ import os
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,14 +129,18 @@ class ProtectorModel:
         from invisible_face.protect.protector import Protector
 
         self.source = model
-        self.protector = Protector.load(resolve_model(model, mlflow_tracking_uri))
+        # every torch call of this replica runs on this one thread: a second thread starting its own
+        # OpenMP team beside the first made protection 1.8x slower on 2 cores (docs/serving.md)
+        self.torch_thread = ThreadPoolExecutor(1, thread_name_prefix="protector")
+        self.protector = self.torch_thread.submit(Protector.load, resolve_model(model, mlflow_tracking_uri)).result()
         # each strength preset once, sharing the networks; a request picks one by name
         self.presets = {name: self.protector.with_strength(name) for name in self.protector.config["strengths"]}
         self.set_batching(max_batch_size, batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()
         # warm-up: one aligned chip through every step (landmarks, region, DP, G), so the first
         # user does not pay for lazy initialisation; Serve routes nothing here before __init__ ends
-        self.protector.protect_chip(np.full((200, 200, 3), 128, np.uint8))
+        self.torch_thread.submit(self.protector.protect_chip, np.full((200, 200, 3), 128, np.uint8)).result()
+        self.torch_threads = self.torch_thread.submit(torch.get_num_threads).result()  # its intra-op threads
         self.warm = True
 
     def info(self) -> dict[str, Any]:
@@ -144,7 +149,7 @@ class ProtectorModel:
         members = surrogate.get("members", {"surrogate": surrogate})  # an ensemble, or one classifier
         return {"model": self.source, "warm": self.warm,
                 "replica": serve.get_replica_context().replica_id.unique_id, "pid": os.getpid(),
-                "torch_threads": torch.get_num_threads(),
+                "torch_threads": self.torch_threads,
                 "surrogate": {"arch": " + ".join(m["arch"] for m in members.values()),
                               "input_size": " / ".join(str(m["input_size"]) for m in members.values())},
                 "attributes": self.protector.config["attributes"],
@@ -167,7 +172,7 @@ class ProtectorModel:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.05, max_concurrent_batches=1)
     async def protect_batch(self, requests: list[tuple[np.ndarray, str | None]]) -> list[dict[str, Any]]:
         self.batch_sizes[len(requests)] += 1
-        return await asyncio.to_thread(self._protect_all, requests)
+        return await asyncio.get_running_loop().run_in_executor(self.torch_thread, self._protect_all, requests)
 
     def _protect_all(self, requests: list[tuple[np.ndarray, str | None]]) -> list[dict[str, Any]]:
         from invisible_face.protect.protector import records_as_dicts
