@@ -130,7 +130,7 @@ class ProtectorModel:
 
         self.source = model
         # every torch call of this replica runs on this one thread: a second thread starting its own
-        # OpenMP team beside the first made protection 1.8x slower on 2 cores (docs/serving.md)
+        # OpenMP team beside the first made one portrait take 2,806 ms against 1,530 (docs/serving.md)
         self.torch_thread = ThreadPoolExecutor(1, thread_name_prefix="protector")
         self.protector = self.torch_thread.submit(Protector.load, resolve_model(model, mlflow_tracking_uri)).result()
         # each strength preset once, sharing the networks; a request picks one by name

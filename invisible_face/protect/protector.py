@@ -216,33 +216,33 @@ class Protector:
             n = {k: len(v) for k, v in self.config["attributes"].items()}
             known = {k: F.one_hot(torch.tensor([labels[k]]), n[k]).bool() for k in n}
         budget = self.visibility(crop[None], mask)
-        g_mask = mask if pcfg["visibility"]["applies_to"] == "colour" else mask * budget
+        # the budget bounds the whole change (G's too), or (``colour``) only its chroma part: colour shows most
+        colour_only = pcfg["visibility"]["applies_to"] == "colour"
         with torch.no_grad():
             before = {k: int(v.argmax(1)) for k, v in self.generator_surrogate(crop[None]).items()}
-        delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None], g_mask, pcfg["cover"],
+        delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None],
+                                           mask if colour_only else mask * budget, pcfg["cover"],
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
         if isinstance(self.surrogate, SurrogateEnsemble):  # the other members' sets: each must be fooled too
             classes = self.surrogate.member_classes(crop[None], classes, pcfg["cover"], known)
         # the refinement's first check is G's: a face G protects (to the push margin) takes no step
-        delta, box, logits, path = self._refine(crop, delta, mask, budget, box, classes)
+        delta, box, logits, path = self._refine(crop, delta, mask, box, classes, budget, colour_only)
         out = apply_perturbation(crop[None], delta)[0]
         after = {k: int(v.argmax(1)) for k, v in first_member_calls(logits).items()}
         return out, box, before, after, path
 
-    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, budget: torch.Tensor,
-                box: tuple[float, ...], classes: dict[str, torch.Tensor]
+    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, box: tuple[float, ...],
+                classes: dict[str, torch.Tensor], budget: torch.Tensor, colour_only: bool
                 ) -> tuple[torch.Tensor, tuple[float, ...], dict, str]:
         """G's check and the fallback for a face G leaves unprotected: steps on the surrogate from G's
         perturbation inside the mask, then over the whole crop (``crop_fallback``) while it is still not
-        protected, both times scaled by the visibility ``budget``
+        protected, both times scaled by the visibility ``budget`` (its chroma part alone: ``colour_only``)
         -> (delta, perturbed box, the surrogate's logits on the result, path)."""
         rcfg, pcfg = self.config["refine"], self.config["protect"]
         _, h, w = crop.shape
         quality = pcfg["survive_jpeg_quality"]
         survive = survives(quality)
         through = None if quality is None or not rcfg["jpeg_gradient"] else (lambda x: jpeg_differentiable(x, quality))
-        # the budget bounds the whole change, or (``colour``) only its chroma part: colour shows most on smooth skin
-        colour_only = pcfg["visibility"]["applies_to"] == "colour"
         chroma = rcfg["chroma_weight"] * budget if colour_only else rcfg["chroma_weight"]
         shape = lambda g: shape_step(g, chroma, rcfg["smooth"])
         masks = [(mask, box)]
