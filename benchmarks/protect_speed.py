@@ -14,9 +14,10 @@ known-backbone adversary (the embedding adversary), as the evaluation scores the
 Faces are a seeded sample of the split. ``--known-labels`` tells the protector each face's true
 attributes (as the evaluation's ``invisible_face_known_labels``). ``--set`` overrides one of the
 export's settings (a dotted key of its config), e.g. ``--set refine.steps=8 --set 'refine.shrink=[]'
---set protect.visibility.enabled=false``: compare settings on ``--split val``, not on the test split,
+--set protect.visibility.budget='"uniform"'``: compare settings on ``--split val``, not on the test split,
 with ``--no-pgd`` to skip the baseline. Face SSIM / PSNR and the texture ratio are on the chips' face
-masks (from the landmarks stage), as the evaluation scores them.
+masks (from the landmarks stage), as the evaluation scores them, with the colour change on smooth skin
+(CIEDE2000 on the 40 % smoothest face pixels).
 """
 
 from __future__ import annotations
@@ -33,16 +34,16 @@ from PIL import Image
 
 import invisible_face.protect.protector as protector_module
 from invisible_face.data.faces import sample_rows
+from invisible_face.data.images import to_tensor
 from invisible_face.evaluate.attacks import baseline_attack
 from invisible_face.evaluate.evaluation import TestSet, face_naturalness, score
-from invisible_face.evaluate.metrics import mosr, psnr, ssim
 from invisible_face.method.ldman_training import chip_masks
 from invisible_face.method.recompression import jpeg
+from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.models.classifiers import classifier_path, models_dir
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
 from invisible_face.models.networks import load_classifier, predict
 from invisible_face.params import PROJECT_ROOT, load_params
-from invisible_face.protect.photo_io import to_tensor
 from invisible_face.protect.protector import PATHS, Protector
 
 
@@ -143,7 +144,8 @@ def main() -> None:
         preds, after_jpeg = predict(resnet, x), predict(resnet, jpeg(x, 75))
         p, face = psnr(clean, x), face_naturalness(clean, x, masks)
         return (mosr(preds, labels), ssim(clean, x).mean().item(), p[torch.isfinite(p)].mean().item(),
-                mosr(after_jpeg, labels), face["face_ssim"], face["face_psnr"], face["texture_ratio"])
+                mosr(after_jpeg, labels), face["face_ssim"], face["face_psnr"], face["texture_ratio"],
+                face["skin_delta_e"])
 
     pgd_name = f"PGD-{args.pgd_steps} (full)"
     rows, written = {"Invisible-Face": (ours_ms, *scores(ours))}, {"Invisible-Face": ours}
@@ -157,9 +159,9 @@ def main() -> None:
         written[pgd_name] = (pgd * 255).round() / 255  # both saved as 8-bit images
         rows[pgd_name] = (pgd_ms, *scores(written[pgd_name]))
     print(f"{'method':16s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s} "
-          f"{'faceSSIM':>8s} {'facePSNR':>8s} {'texture':>7s}")
-    for name, (ms, m, s_, p_, j, fs, fp, t) in rows.items():
-        print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f} {fs:8.3f} {fp:8.2f} {t:7.3f}")
+          f"{'faceSSIM':>8s} {'facePSNR':>8s} {'texture':>7s} {'skinΔE':>6s}")
+    for name, (ms, m, s_, p_, j, fs, fp, t, de) in rows.items():
+        print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f} {fs:8.3f} {fp:8.2f} {t:7.3f} {de:6.2f}")
     if args.transfer:
         transfer(cfg, written, TestSet(clean, labels), protector.generator_surrogate)
     print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")

@@ -29,7 +29,7 @@ from torch import nn
 
 from invisible_face.data.faces import FaceAttributes
 from invisible_face.evaluate.attacks import baseline_attack
-from invisible_face.evaluate.metrics import mosr
+from invisible_face.metrics import mosr
 from invisible_face.models.classifiers import attribute_sizes, classifier_path, train_classifier
 from invisible_face.models.embedding_adversary import EmbeddingAdversary
 from invisible_face.models.networks import AttributeClassifier, load_classifier, predict, save_classifier

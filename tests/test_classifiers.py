@@ -15,11 +15,14 @@ from invisible_face.data.faces import FaceAttributes
 from invisible_face.models import distributed
 from invisible_face.models.classifiers import (
     MODELS_DIR,
+    accuracy_summary,
     classifier_path,
+    classifier_specs,
     evaluate,
     models_dir,
     surrogate_path,
     train_classifier,
+    training_config,
 )
 from invisible_face.models.networks import ARCHS, build_classifier, load_classifier, save_classifier
 
@@ -120,6 +123,28 @@ def test_classifier_paths() -> None:
     assert surrogate_path(params) == MODELS_DIR / "surrogate_resnet18.pt"
     assert surrogate_path(params, "x/models") == Path("x/models/surrogate_resnet18.pt")
     assert models_dir("/tmp/art") == Path("/tmp/art/classifiers/models")
+
+
+def test_the_stage_trains_the_surrogate_then_the_zoo_each_with_its_own_overrides(params) -> None:
+    specs = classifier_specs(params)
+    cfg = params["classifiers"]
+    assert [s["name"] for s in specs] == [cfg["surrogate"]["name"]] + [m["name"] for m in cfg["zoo"]]
+    assert [s["role"] for s in specs] == ["surrogate"] + ["target"] * len(cfg["zoo"])
+    assert specs[0]["splits"] == ["surrogate_train"] and all(s["splits"] == ["target_train"] for s in specs[1:])
+
+    spec = {"name": "t", "arch": "vgg11_bn_small", "epochs": 3, "lr": 0.5, "role": "target", "splits": ["target_train"]}
+    config = training_config(params, spec, Path("/m.csv"), Path("/img"))
+    assert config["lr"] == 0.5 and config["batch_size"] == cfg["batch_size"]  # its own lr, the section's batch
+    assert config["channels_last"] is False and config["epochs"] == 3 and config["train_splits"] == ["target_train"]
+    assert config["attributes"] == {a: len(s["classes"]) for a, s in params["data"]["attributes"].items()}
+    assert (config["manifest"], config["image_dir"], config["seed"]) == ("/m.csv", "/img", params["seed"])
+    assert training_config(params, {**spec, "batch_size": 4, "channels_last": True}, Path("/m"), Path("/i"))[
+        "batch_size"] == 4
+
+
+def test_accuracy_summary_adds_the_mean() -> None:
+    assert accuracy_summary({"gender": 0.75, "race": 0.25}) == {"test_acc_gender": 0.75, "test_acc_race": 0.25,
+                                                                "test_acc_mean": 0.5}
 
 
 def test_worker_helpers_outside_ray() -> None:

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invisible_face.method.directions import pack_signs, set_direction, unpack_signs
-from invisible_face.method.refine import plausible_classes, set_margin_loss
+from invisible_face.models.margins import plausible_classes, set_margin_loss
 
 
 class ToyModel(nn.Module):

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from invisible_face.data.images import to_tensor
 from invisible_face.models.face_backbone import EmbeddingHeads, FaceBackboneSurrogate
-from invisible_face.protect.photo_io import to_tensor
 
 ATTRIBUTES = {"gender": 2, "age_bin": 5, "race": 5}
 
@@ -54,8 +54,8 @@ def test_gradient_reaches_the_crop(face_chips):
 
 
 def test_export_round_trip_with_the_backbone_inside(tmp_path, params, face_chips):
+    from invisible_face.data.images import to_uint8
     from invisible_face.models.ensemble import SurrogateEnsemble
-    from invisible_face.protect.photo_io import to_uint8
     from invisible_face.protect.protector import Protector, untrained_export
 
     stem = untrained_export(tmp_path / "protector", params, face_backbone=True)

@@ -8,10 +8,10 @@ from invisible_face.method.losses import (
     discriminator_loss,
     generator_gan_loss,
     mmd,
-    perceptual_distance,
     perturbation_loss,
     total_variation,
 )
+from invisible_face.models.perceptual import perceptual_distance
 
 
 def test_margin_sign_says_whether_the_prediction_is_right():

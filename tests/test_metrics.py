@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from invisible_face.evaluate.metrics import (
+from invisible_face.metrics import (
     fooled_rate,
     h_pn,
     mosr,

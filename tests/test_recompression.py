@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from invisible_face.method.recompression import POST_PROCESSING, jpeg, jpeg_differentiable, random_recompression
-from invisible_face.method.refine import attribute_margins, plausible_classes, refine_perturbation, shape_step
+from invisible_face.method.refine import refine_perturbation, shape_step
+from invisible_face.models.margins import attribute_margins, plausible_classes
 from invisible_face.protect.protector import Protector
 
 
@@ -105,8 +106,12 @@ def test_strength_presets_change_the_settings_and_unknown_ones_are_refused(tiny_
     assert set(presets) == {"light", "standard", "strong"}
     assert protector.with_strength("standard").config == protector.config
     strong = protector.with_strength("strong")
-    assert strong.config["protect"]["survive_jpeg_quality"] == presets["strong"]["protect"]["survive_jpeg_quality"]
+    # the presets are points on the perceptual budget's line: face-SSIM targets, lower for strong
+    strong_target = strong.config["protect"]["visibility"]["face_ssim"]
+    assert strong_target == presets["strong"]["protect"]["visibility"]["face_ssim"]
+    assert strong_target < protector.config["protect"]["visibility"]["face_ssim"]
+    assert strong.config["protect"]["visibility"]["budget"] == protector.config["protect"]["visibility"]["budget"]
     assert strong.surrogate is protector.surrogate and strong.landmarks is protector.landmarks  # nothing reloaded
-    assert protector.with_strength("light").config["protect"]["survive_jpeg_quality"] is None
+    assert protector.with_strength("light").config["protect"]["visibility"]["face_ssim"] > strong_target
     with pytest.raises(ValueError, match="unknown strength 'max'"):
         protector.with_strength("max")

@@ -1,14 +1,9 @@
 import torch
 from torch import nn
 
-from invisible_face.method.refine import (
-    plausible_classes,
-    push_target,
-    refine_perturbation,
-    set_margin,
-    shrink_perturbation,
-)
+from invisible_face.method.refine import push_target, refine_perturbation, shrink_perturbation
 from invisible_face.method.regions import rect_masks
+from invisible_face.models.margins import set_margin
 
 
 class Tiny(nn.Module):
@@ -22,20 +17,6 @@ class Tiny(nn.Module):
     def forward(self, x):
         z = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
         return {k: 10 * h(z - 0.5) for k, h in self.heads.items()}
-
-
-def test_plausible_classes_cover_the_probability_and_never_all():
-    logits = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 0.9], [0.0, 0.0, 0.0]])
-    sets = plausible_classes(logits, cover=0.8)
-    assert sets[0].tolist() == [True, False, False]      # confident: the call alone
-    assert sets[1].sum() == 2 and sets[1, :2].all()      # unsure: the likeliest classes
-    assert not sets.all(1).any()                         # one class always stays outside
-
-
-def test_set_margin_is_negative_once_the_call_leaves_the_set():
-    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
-    classes = torch.tensor([[True, False, False]] * 2)
-    assert set_margin(logits, classes).tolist() == [1.0, -3.0]
 
 
 def test_refine_fools_within_the_budget_and_the_mask():
@@ -169,6 +150,23 @@ def test_budget_bounds_each_pixel_and_moves_the_change_into_the_budgeted_half():
     assert fooled.any()
     assert (delta.abs() <= 0.2 * budget + 1e-6).all()
     assert delta[..., :8].abs().mean() < 0.5 * delta[..., 8:].abs().mean()
+
+
+def test_budget_above_one_lets_texture_take_more_than_epsilon_and_the_projection_holds_the_ssim_target():
+    from invisible_face.method.visibility import face_ssim, perceptual_projection
+
+    model, x, classes = _tiny_case(6)
+    mask = torch.ones(4, 1, 16, 16)
+    budget = torch.full((4, 1, 16, 16), 0.5)
+    budget[..., 8:] = 3.0  # the right half may take three epsilons
+    free, _, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, 0.05, steps=60,
+                                        step_size=0.5, stop_margin=4.0, budget=budget)
+    assert (free.abs() <= 0.05 * budget + 1e-6).all() and free[..., 8:].abs().max() > 0.05
+    target = face_ssim(x, x + free, mask).min().item() + 0.02  # tighter than the free run reached
+    held, _, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, 0.05, steps=60,
+                                        step_size=0.5, stop_margin=4.0, budget=budget,
+                                        project=perceptual_projection(mask, None, target))
+    assert (face_ssim(x, x + held, mask) >= target - 1e-4).all()
 
 
 def test_steps_taken_are_zero_for_a_protected_start_and_counted_otherwise():

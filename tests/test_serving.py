@@ -1,4 +1,4 @@
-"""The Ray Serve app (serving/app.py) over real HTTP on a loopback port, with an untrained export.
+"""The Ray Serve app (serving/, launched by serving/app.py) over real HTTP on a loopback port, with an untrained export.
 
 Serve starts once for the module; the model deployment has one replica, small queues (so overload
 shows) and a long batch wait (so two concurrent requests reliably share a batch). The replica-kill
@@ -137,7 +137,7 @@ def test_protect_json_carries_the_image(url, face):
     out = np.asarray(decode(base64.b64decode(body["image_base64"])))
     diff = np.abs(out.astype(int) - np.asarray(face).astype(int))
     x0, y0, x1, y1 = (round(v) for v in body["faces"][0]["region"])
-    assert diff.max() <= 8  # the L-inf budget, 8/255
+    assert diff.max() <= 24 + 1  # the perceptual budget's hard ceiling, 24/255 (smooth skin gets far less)
     outside = diff.copy()
     outside[y0:y1 + 1, x0:x1 + 1] = 0
     assert outside.max() == 0  # PNG is lossless: only the region changed
@@ -367,7 +367,7 @@ def test_model_resolves_from_the_mlflow_registry(tiny_protector, tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from serving.app import resolve_model
+    from serving.replica import resolve_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

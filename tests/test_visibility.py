@@ -1,12 +1,22 @@
+import pytest
 import torch
 
 from invisible_face.method.visibility import (
+    ciede2000,
+    colour_bound,
+    face_ssim,
     grey_levels,
+    jnd_bound,
     jnd_map,
+    limit_chroma,
     local_std,
     luminance_adaptation,
+    perceptual_projection,
+    scale_to_face_ssim,
+    skin_delta_e,
+    smooth_pixels,
+    split_chroma,
     texture_ratio,
-    visibility_budget,
 )
 
 
@@ -42,12 +52,83 @@ def test_jnd_is_larger_in_texture_than_on_flat_skin():
     assert jnd[..., 22:].min() > 5 * jnd[..., :10].max()
 
 
-def test_budget_gives_texture_the_whole_epsilon_and_smooth_skin_the_floor():
+def test_jnd_bound_is_small_on_flat_skin_and_capped_in_texture():
+    bound = jnd_bound(_half_textured(), scale=2.0, ceiling=24 / 255)
+    assert bound.shape == (1, 1, 32, 32)
+    assert torch.allclose(bound[..., 22:], torch.full_like(bound[..., 22:], 24 / 255))
+    assert bound[..., :10].max() < 8 / 255  # about 2 x 3 grey levels on mid-grey skin
+    assert bound.min() > 0
+
+
+def test_limit_chroma_clips_the_colour_part_and_keeps_the_luma():
+    delta = torch.zeros(1, 3, 4, 4)
+    delta[:, 0], delta[:, 1], delta[:, 2] = 0.05, -0.01, -0.01
+    limited = limit_chroma(delta, torch.full((1, 1, 4, 4), 0.01))
+    luma, chroma = split_chroma(limited)
+    assert torch.allclose(luma, split_chroma(delta)[0])
+    assert chroma.abs().max() <= 0.01 + 1e-7
+    assert chroma.abs().max() > 0.009
+
+
+def test_face_ssim_is_one_unchanged_and_measured_inside_the_mask_box():
+    clean, mask = _half_textured(), torch.zeros(1, 1, 32, 32)
+    mask[..., :, :14] = 1
+    assert face_ssim(clean, clean, mask).item() == pytest.approx(1.0, abs=1e-5)
+    outside = clean.clone()
+    outside[..., 20:] = 1 - outside[..., 20:]
+    assert face_ssim(clean, outside, mask).item() == pytest.approx(1.0, abs=1e-5)
+    inside = clean + 0.1 * torch.randn_like(clean)
+    assert face_ssim(clean, inside.clamp(0, 1), mask).item() < 0.9
+
+
+def test_scale_to_face_ssim_meets_the_target_and_leaves_a_face_under_it_alone():
+    torch.manual_seed(0)
+    clean, mask = torch.rand(2, 3, 32, 32) * 0.5 + 0.25, torch.ones(2, 1, 32, 32)
+    delta = 0.1 * torch.randn_like(clean)
+    delta[1] *= 0.01
+    scaled = scale_to_face_ssim(clean, delta, mask, 0.9)
+    after = face_ssim(clean, (clean + scaled).clamp(0, 1), mask)
+    assert after[0] >= 0.9 and after[0] < 0.93  # the largest share that keeps the target, within bisection steps
+    assert torch.equal(scaled[1], delta[1])
+    ratio = scaled[0] / delta[0]
+    assert torch.allclose(ratio, ratio.flatten()[0].expand_as(ratio))  # along its own direction
+
+
+def test_perceptual_projection_applies_both_constraints():
+    torch.manual_seed(0)
+    clean, mask = torch.rand(1, 3, 32, 32) * 0.5 + 0.25, torch.ones(1, 1, 32, 32)
+    project = perceptual_projection(mask, torch.full((1, 1, 32, 32), 0.01), 0.95)
+    out = project(clean, 0.1 * torch.randn_like(clean))
+    assert split_chroma(out)[1].abs().max() <= 0.01 + 1e-6
+    assert face_ssim(clean, clean + out, mask).item() >= 0.95
+
+
+def test_smooth_pixels_are_the_flat_share_of_the_mask():
     image, mask = _half_textured(), torch.ones(1, 1, 32, 32)
-    budget = visibility_budget(image, mask, floor=0.2, reference=0.8)
-    assert budget.min() >= 0.2 and budget.max() <= 1.0
-    assert budget[..., 22:].min() > 0.9
-    assert torch.allclose(budget[..., :10], torch.full((1, 1, 32, 10), 0.2))
+    smooth = smooth_pixels(image, mask, share=0.4)
+    assert smooth.shape == (1, 32, 32)
+    assert smooth[0, :, 22:].sum() == 0 and smooth[0, :, :10].all()
+
+
+def test_ciede2000_matches_sharma_reference_pairs():
+    # Sharma, Wu & Dalal (2005), Table 1: pairs 1, 4, 7, 17 and 21
+    pairs = [((50, 2.6772, -79.7751), (50, 0, -82.7485), 2.0425), ((50, -1.3802, -84.2814), (50, 0, -82.7485), 1.0),
+             ((50, 0, 0), (50, -1, 2), 2.3669), ((50, 2.5, 0), (73, 25, -18), 27.1492),
+             ((50, 2.5, 0), (50, 3.1736, 0.5854), 1.0)]
+    lab = lambda v: torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1)
+    for a, b, expected in pairs:
+        assert ciede2000(lab(a), lab(b)).item() == pytest.approx(expected, abs=1e-4)
+    assert ciede2000(lab((60, 10, 10)), lab((60, 10, 10))).item() == 0
+
+
+def test_skin_delta_e_sees_colour_on_smooth_skin_only():
+    image, mask = _half_textured(), torch.ones(1, 1, 32, 32)
+    tinted = image.clone()
+    tinted[:, 0, :, :16] += 0.03  # a red patch on the flat half
+    in_texture = image.clone()
+    in_texture[:, 0, :, 16:] += 0.03
+    assert skin_delta_e(image, tinted, mask).item() > 1.0
+    assert skin_delta_e(image, in_texture, mask).item() < 1e-3
 
 
 def test_texture_ratio_tells_where_the_change_went():
@@ -59,3 +140,12 @@ def test_texture_ratio_tells_where_the_change_went():
     assert texture_ratio(image, smooth_only, mask) > 2
     assert texture_ratio(image, texture_only, mask) < 0.5
     assert torch.isnan(texture_ratio(image, image, mask)).all()
+
+
+def test_colour_bound_is_zero_on_skin_grain_and_large_in_texture():
+    image = _half_textured()
+    image[..., :16] += 0.01 * torch.randn(1, 3, 32, 16)  # grain of a few grey levels on the flat half
+    colour = colour_bound(image, scale=1.0, ceiling=24 / 255, floor=6.0)
+    assert colour[..., :10].max() == 0  # no texture to hide a change of colour
+    assert colour[..., 22:].min() > 0.05
+    assert (colour <= 24 / 255).all()

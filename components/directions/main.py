@@ -8,8 +8,6 @@ the face mask already protects, label-free).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,22 +19,19 @@ from invisible_face.data.faces import FaceAttributes
 from invisible_face.method.directions import pack_signs, set_direction
 from invisible_face.method.ldman import sets_vector
 from invisible_face.method.ldman_training import chip_masks
-from invisible_face.method.refine import attribute_margins
 from invisible_face.models.classifiers import MODELS_DIR, attribute_sizes, surrogate_path
+from invisible_face.models.margins import attribute_margins
 from invisible_face.models.networks import load_classifier
-from invisible_face.params import load_params
+from invisible_face.stage import Stage, stage_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, "artifacts/directions")
     parser.add_argument("--manifest", default="artifacts/validate/manifest.csv")
     parser.add_argument("--classifiers", default=str(MODELS_DIR))
     parser.add_argument("--landmarks", default="artifacts/landmarks/landmarks.npz")
-    parser.add_argument("--out", default="artifacts/directions")
-    args = parser.parse_args()
-
-    cfg = load_params(args.params)
+    stage = Stage.start(parser)
+    args, cfg, out = stage.args, stage.params, stage.out
     dcfg, lcfg, pcfg = cfg["directions"], cfg["ldman"], cfg["protector"]
     surrogate = load_classifier(surrogate_path(cfg, Path(args.classifiers)))
     faces = FaceAttributes(args.manifest, cfg["data"]["image_dir"], lcfg["train_splits"], list(attribute_sizes(cfg)),
@@ -56,14 +51,11 @@ def main() -> None:
         protected.append((margins < -pcfg["refine"]["stop_margin"]).all(1))
     elapsed = time.perf_counter() - start
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "directions.npz", files=np.array(files).astype(str), sets=torch.cat(sets).numpy(),
                         bits=np.stack(bits), shape=np.array(faces.images.shape[1:]))
     metrics = {"images": len(faces), "ms_per_image": 1000 * elapsed / len(faces),
                "one_step_protected_share": torch.cat(protected).float().mean().item()}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
+    stage.write_metrics(metrics)
 
 
 if __name__ == "__main__":

@@ -9,34 +9,26 @@ app load (tensors and a plain config only, never a pickle: docs/design.md).
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
 from invisible_face.method.ldman_training import ldman_config, new_generator
 from invisible_face.models.classifiers import classifier_path, load_surrogate
 from invisible_face.models.networks import load_classifier
-from invisible_face.params import load_params
 from invisible_face.protect.protector import export_protector
+from invisible_face.stage import Stage, stage_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, "artifacts/export")
     parser.add_argument("--generator", default="artifacts/train/generator.pt")
-    parser.add_argument("--out", default="artifacts/export")
-    args = parser.parse_args()
-
-    cfg = load_params(args.params)
+    stage = Stage.start(parser)
+    args, cfg = stage.args, stage.params
     generator = new_generator(ldman_config(cfg))
     generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))
     surrogate = load_surrogate(cfg)  # the ResNet-18, with the face-backbone surrogate when configured
     audit = cfg["protector"]["audit_model"]
     target = (audit, load_classifier(classifier_path(audit))) if audit else None
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = export_protector(out / "protector", generator, surrogate, cfg, target)
+    stem = export_protector(stage.out / "protector", generator, surrogate, cfg, target)
     print(f"protector exported to {stem}.safetensors + .json")
 
 

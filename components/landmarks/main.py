@@ -8,8 +8,6 @@ configured fallback box of an aligned chip, so later stages can still use it (or
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from invisible_face.data.landmarks import Face, make_backend
-from invisible_face.params import load_params
+from invisible_face.stage import Stage, stage_parser
 
 _backend = None
 
@@ -37,13 +35,10 @@ def _one(args: tuple[str, tuple[float, ...]]) -> tuple[Face, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, "artifacts/landmarks")
     parser.add_argument("--manifest", default="artifacts/validate/manifest.csv")
-    parser.add_argument("--out", default="artifacts/landmarks")
-    args = parser.parse_args()
-
-    cfg = load_params(args.params)
+    stage = Stage.start(parser)
+    args, cfg, out = stage.args, stage.params, stage.out
     lcfg = cfg["landmarks"]
     files = pd.read_csv(args.manifest)["file"].tolist()
     image_dir = Path(cfg["data"]["image_dir"])
@@ -56,8 +51,6 @@ def main() -> None:
 
     faces = [face for face, _ in results]
     backend = results[0][1] if results else "none"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out / "landmarks.npz",
         files=np.array(files), backend=np.array(backend),
@@ -79,8 +72,7 @@ def main() -> None:
         "no_face": len(faces) - detected, "coverage": detected / max(len(faces), 1),
         "ms_per_image_wall": 1000 * elapsed / max(len(faces), 1), "workers": lcfg["workers"],
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
+    stage.write_metrics(metrics)
 
 
 if __name__ == "__main__":

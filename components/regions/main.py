@@ -7,8 +7,6 @@ divergence, center, trajectory (N,T) NaN-padded), regions.csv, metrics.json, reg
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from invisible_face.data.faces import load_image, sample_rows
 from invisible_face.method.regions import rect_masks, select_region
 from invisible_face.models.classifiers import MODELS_DIR, surrogate_path
 from invisible_face.models.networks import load_classifier
-from invisible_face.params import load_params
+from invisible_face.stage import Stage, stage_parser
 
 
 def summary_figure(rects: np.ndarray, areas: np.ndarray, size: tuple[int, int], path: Path) -> None:
@@ -42,15 +40,12 @@ def summary_figure(rects: np.ndarray, areas: np.ndarray, size: tuple[int, int], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, "artifacts/regions")
     parser.add_argument("--manifest", default="artifacts/validate/manifest.csv")
     parser.add_argument("--landmarks", default="artifacts/landmarks/landmarks.npz")
     parser.add_argument("--classifiers", default=str(MODELS_DIR))
-    parser.add_argument("--out", default="artifacts/regions")
-    args = parser.parse_args()
-
-    cfg = load_params(args.params)
+    stage = Stage.start(parser)
+    args, cfg, out = stage.args, stage.params, stage.out
     rcfg = cfg["regions"]
     manifest = pd.read_csv(args.manifest)
     # a seeded sample of each split: the same rows (or a superset of them) later stages load with their limits
@@ -68,8 +63,6 @@ def main() -> None:
         regions.append(select_region(model, image, marks["points"][index[name]], rcfg, rng))
     elapsed = time.perf_counter() - start
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rects = np.array([r.rect for r in regions], dtype=np.float32)
     areas = np.array([r.area for r in regions], dtype=np.float32)
     longest = max(len(r.trajectory) for r in regions)
@@ -94,8 +87,7 @@ def main() -> None:
         "mean_candidates_scored": float(np.mean([r.scored for r in regions])),
         "ms_per_image": 1000 * elapsed / max(len(regions), 1),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics, indent=2))
+    stage.write_metrics(metrics)
 
 
 if __name__ == "__main__":

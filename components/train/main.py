@@ -8,8 +8,6 @@ run in the experiment "ldman", with every step's losses.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import mlflow
@@ -21,32 +19,26 @@ from invisible_face.data.faces import FaceAttributes
 from invisible_face.method.ldman import generator_protect, psnr_to_rms
 from invisible_face.method.ldman_training import chip_masks, ldman_config, ldman_scaling, train_ldman
 from invisible_face.models.networks import load_classifier
-from invisible_face.params import load_params, with_tuned_weights
+from invisible_face.params import with_tuned_weights
 from invisible_face.protect.protector import protection_grid
-from invisible_face.tracking import run_tags, setup_mlflow
+from invisible_face.stage import Stage, stage_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
+    parser = stage_parser(__doc__, "artifacts/train")
     parser.add_argument("--weights", default=None, help="JSON file with the tuned loss_weights (tune stage)")
-    parser.add_argument("--out", default="artifacts/train")
     parser.add_argument("--run-name", default="ldman")
     parser.add_argument("--without", metavar="LOSS", action="append", default=[],
                         help="an ablation: this loss term's weight set to 0, everything else the same (repeatable)")
-    args = parser.parse_args()
-
-    cfg = with_tuned_weights(load_params(args.params), args.weights)
+    stage = Stage.start(parser, experiment="ldman")
+    args, out = stage.args, stage.out
+    cfg = with_tuned_weights(stage.params, args.weights)
     for name in args.without:
         if name not in cfg["ldman"]["loss_weights"]:
             parser.error(f"--without {name}: no such loss; choose from {sorted(cfg['ldman']['loss_weights'])}")
         cfg["ldman"]["loss_weights"][name] = 0.0
     config = ldman_config(cfg)
-    setup_mlflow("ldman")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(run_name=args.run_name, tags=run_tags()) as run:
-        mlflow.log_params({k: v for k, v in cfg["ldman"].items()})
+    with stage.run(args.run_name, params={k: v for k, v in cfg["ldman"].items()}) as run:
         generator, history = train_ldman(config, name=f"{args.run_name}-{run.info.run_id[:8]}",
                                          storage_path=Path(cfg["classifiers"]["storage_path"]).resolve(),
                                          scaling=ldman_scaling(cfg["ldman"]))
@@ -73,9 +65,8 @@ def main() -> None:
 
         torch.save(generator.state_dict(), out / "generator.pt")
         last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k in ("epoch_time_s", "steps")}
-        (out / "metrics.json").write_text(json.dumps(last, indent=2))
+        stage.write_metrics(last)
         mlflow.log_artifact(str(out / "generator.pt"))
-    print(json.dumps(last, indent=2))
 
 
 if __name__ == "__main__":

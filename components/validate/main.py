@@ -6,26 +6,17 @@ stage), metadata.csv, quarantine.csv, duplicates.csv, report.md, metrics.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from pathlib import Path
 
 from invisible_face.data.validation import ValidationFailed, render_report, validate_dataset
-from invisible_face.params import load_params
+from invisible_face.stage import Stage, stage_parser
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", default="artifacts/validate")
-    args = parser.parse_args()
-
-    cfg = load_params(args.params)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    stage = Stage.start(stage_parser(__doc__, "artifacts/validate"))
+    out = stage.out
     try:
-        outcome = validate_dataset(cfg)
+        outcome = validate_dataset(stage.params)
     except ValidationFailed as err:
         print(f"validate: FAILED: {err}", file=sys.stderr)
         return 1
@@ -35,8 +26,7 @@ def main() -> int:
     outcome.quarantine.to_csv(out / "quarantine.csv", index=False)
     outcome.duplicates.to_csv(out / "duplicates.csv", index=False)
     (out / "report.md").write_text(render_report(outcome))
-    (out / "metrics.json").write_text(json.dumps(outcome.metrics, indent=2))
-    print(json.dumps(outcome.metrics, indent=2))
+    stage.write_metrics(outcome.metrics)
     return 0
 
 

@@ -1,3 +1,3 @@
-"""The data flow: UTKFace labels, validation and quarantine, ingesting new photos, facial landmarks, and the
-chips as tensors (``faces.FaceAttributes``).
+"""The data flow: UTKFace labels, validation and quarantine, ingesting new photos, facial landmarks, the
+chips as tensors (``faces.FaceAttributes``) and the pixel <-> tensor conversions (``images``).
 """

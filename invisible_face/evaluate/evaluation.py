@@ -14,12 +14,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from invisible_face.evaluate.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.method.recompression import POST_PROCESSING
-from invisible_face.method.refine import plausible_classes
-from invisible_face.method.visibility import texture_ratio
+from invisible_face.method.visibility import box_of, face_ssim, skin_delta_e, texture_ratio
+from invisible_face.metrics import fooled_rate, h_pn, mosr, mosr_by_count, mosr_correct, psnr, ssim
 from invisible_face.models.embedding_adversary import EmbeddingAdversary
 from invisible_face.models.identity import SAME_PERSON
+from invisible_face.models.margins import plausible_classes
 from invisible_face.models.networks import AttributeClassifier, logits, predict
 from invisible_face.models.perceptual import Perceptual
 
@@ -132,22 +132,21 @@ def score(protected: torch.Tensor, data: TestSet, surrogate: AttributeClassifier
 
 
 def face_naturalness(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """Naturalness on the face itself: SSIM and PSNR over the face mask's bounding box, and the
-    texture ratio (mean |change| on the 40 % smoothest face pixels over the rest,
-    :func:`invisible_face.method.visibility.texture_ratio`; mean over the chips that changed).
-    clean, protected: N x 3 x H x W; masks: N x 1 x H x W."""
-    ssims, psnrs = [], []
+    """Naturalness on the face itself: SSIM and PSNR over the face mask's bounding box
+    (:func:`invisible_face.method.visibility.face_ssim`), the texture ratio (mean |change| on the 40 %
+    smoothest face pixels over the rest, :func:`invisible_face.method.visibility.texture_ratio`) and the
+    colour change on those smooth pixels (CIEDE2000, :func:`invisible_face.method.visibility.skin_delta_e`);
+    means over the chips that changed. clean, protected: N x 3 x H x W; masks: N x 1 x H x W."""
+    psnrs = []
     for c, x, m in zip(clean, protected, masks):
-        ys, xs = torch.nonzero(m[0] > 0.5, as_tuple=True)
-        box = (slice(None), slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)) \
-            if len(ys) else (slice(None),) * 3
-        ssims.append(ssim(c[box][None], x[box][None])[0])
-        psnrs.append(psnr(c[box][None], x[box][None])[0])
-    p, ratio = torch.stack(psnrs), texture_ratio(clean, protected, masks)
-    return {"face_ssim": torch.stack(ssims).mean().item(),
-            "face_psnr": p[torch.isfinite(p)].mean().item() if torch.isfinite(p).any() else float("inf"),
-            "texture_ratio": ratio[torch.isfinite(ratio)].mean().item() if torch.isfinite(ratio).any()
-            else float("nan")}
+        rows, cols = box_of(m)
+        psnrs.append(psnr(c[:, rows, cols][None], x[:, rows, cols][None])[0])
+    finite_mean = lambda v: v[torch.isfinite(v)].mean().item() if torch.isfinite(v).any() else float("nan")
+    p = torch.stack(psnrs)
+    return {"face_ssim": face_ssim(clean, protected, masks).mean().item(),
+            "face_psnr": finite_mean(p) if torch.isfinite(p).any() else float("inf"),
+            "texture_ratio": finite_mean(texture_ratio(clean, protected, masks)),
+            "skin_delta_e": finite_mean(skin_delta_e(clean, protected, masks))}
 
 
 # ------------------------------------------------------------------ robustness

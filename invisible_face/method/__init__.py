@@ -1,4 +1,4 @@
-"""The protection method: Algorithm 1's regions, DP and the plausible-class sets, the generator G and its
-training (LD-MAN), the losses, the refinement fallback, RP, recompression as image ops, and Ray Tune
-over the loss weights.
+"""The protection method: Algorithm 1's regions, DP (on the class sets of ``models.margins``), the
+generator G and its training (LD-MAN), the losses, the refinement fallback, RP, recompression as
+image ops, and Ray Tune over the loss weights.
 """

@@ -11,6 +11,8 @@ import kornia
 import torch
 from torch import nn
 
+from invisible_face.metrics import psnr
+
 
 class Denoiser(nn.Module):
     """RP: residual encoder-decoder, B x 3 x H x W in [0, 1] -> same (H, W multiples of 2)."""
@@ -77,8 +79,6 @@ def train_denoiser(train: torch.Tensor, val: torch.Tensor, cfg: dict, epsilon: f
     RP(degraded) minus PSNR of the degraded input, against the clean chips.
     """
     from tqdm import tqdm
-
-    from invisible_face.evaluate.metrics import psnr
 
     g = torch.Generator().manual_seed(seed)
     model = Denoiser(cfg["width"])

@@ -2,7 +2,7 @@
 
 The paper's eps_d (Algorithm 2) is the sign of the surrogate's attribute gradients at the clean
 image. Here it is computed without labels, on the objective the protector itself minimises: the
-sign of the descent direction of :func:`invisible_face.method.refine.set_margin_loss` away from the
+sign of the descent direction of :func:`invisible_face.models.margins.set_margin_loss` away from the
 plausible-class sets of the surrogate's clean call. It depends only on the clean face, so it is
 computed once per training chip (the ``directions`` stage caches it, packed one bit per value)
 and once per face at inference: one forward and one backward pass of the surrogate at its input
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from invisible_face.method.refine import plausible_classes, set_margin_loss
+from invisible_face.models.margins import plausible_classes, set_margin_loss
 
 
 def set_direction(model: nn.Module, images: torch.Tensor, cover: float, cap: float,

@@ -6,7 +6,7 @@ G protects a face in one forward pass. It is told three things about the face:
 - the face itself, resized to the surrogate's input size (``work_size``): the surrogate sees a
   64 px resize, so detail G would add at 200 px is averaged away before it matters;
 - what to move away from: the plausible-class sets of the surrogate's clean call
-  (:func:`invisible_face.method.refine.plausible_classes`), as FiLM on the middle blocks. Without them G
+  (:func:`invisible_face.models.margins.plausible_classes`), as FiLM on the middle blocks. Without them G
   would have to guess each face's gender before flipping it;
 - where to start: DP, the sign of one backward pass of the surrogate on the clean face
   (:func:`invisible_face.method.directions.set_direction`), as three extra input planes.
@@ -25,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from invisible_face.method.directions import set_direction
+from invisible_face.models.margins import plausible_classes
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -181,9 +184,6 @@ def generator_protect(generator: Generator, surrogate: nn.Module, crops: torch.T
     backward pass; the forward alone for a G without DP), then one pass of G.
     crops: B x 3 x H x W; masks: B x 1 x H x W; classes: the sets to steer away from when known
     (else the clean call's plausible classes) -> (eps_l B x 3 x H x W, the sets {attribute: B x C bool})."""
-    from invisible_face.method.directions import set_direction
-    from invisible_face.method.refine import plausible_classes
-
     small = resize(crops, generator.work_size)
     if generator.use_direction:
         direction, classes = set_direction(surrogate, small, cover, cap, classes)

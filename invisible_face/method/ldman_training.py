@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from invisible_face.data.faces import FaceAttributes
-from invisible_face.evaluate.metrics import fooled_all, h_pn, psnr, ssim
 from invisible_face.method.denoiser import Denoiser, blend_through_rp
 from invisible_face.method.directions import unpack_signs
 from invisible_face.method.ldman import (
@@ -53,24 +52,29 @@ from invisible_face.method.losses import (
     total_variation,
 )
 from invisible_face.method.recompression import random_recompression
-from invisible_face.method.refine import attribute_margins, set_margin_loss
+from invisible_face.metrics import fooled_all, h_pn, psnr, ssim
 from invisible_face.models import distributed
+from invisible_face.models.margins import attribute_margins, set_margin_loss
 from invisible_face.models.networks import AttributeClassifier, load_classifier
 from invisible_face.models.perceptual import Perceptual, SurrogateFeatures
 
 LOSS_NAMES = ("adv", "robust", "per", "nat", "sem", "adv_rp")
 
 
-def chip_masks(files: list[str], landmarks: dict[str, np.ndarray], chip_size: int, size: int,
-               mcfg: dict[str, float]) -> torch.Tensor:
-    """Face masks of chips (landmarks found on ``chip_size`` px chips) at ``size`` px -> N x 1 x size x size."""
+def chip_points(files: list[str], landmarks: dict[str, np.ndarray], chip_size: int, size: int) -> np.ndarray:
+    """The 68 landmarks of chips (found on ``chip_size`` px chips) in ``size`` px -> N x 68 x 2."""
     index = {f: i for i, f in enumerate(landmarks["files"].tolist())}
     missing = [f for f in files if f not in index]
     if missing:
         raise ValueError(f"{len(missing)} chips have no landmarks (e.g. {missing[0]})")
-    scale = size / chip_size
-    return torch.stack([face_mask(landmarks["points"][index[f]] * scale, size, size, mcfg["forehead"], mcfg["feather"])
-                        for f in files])
+    return np.stack([landmarks["points"][index[f]] for f in files]) * (size / chip_size)
+
+
+def chip_masks(files: list[str], landmarks: dict[str, np.ndarray], chip_size: int, size: int,
+               mcfg: dict[str, float]) -> torch.Tensor:
+    """Face masks of chips (landmarks found on ``chip_size`` px chips) at ``size`` px -> N x 1 x size x size."""
+    return torch.stack([face_mask(p, size, size, mcfg["forehead"], mcfg["feather"])
+                        for p in chip_points(files, landmarks, chip_size, size)])
 
 
 class GeneratorSet(Dataset):

@@ -75,15 +75,6 @@ def contextual_loss(fx: torch.Tensor, fy: torch.Tensor, h: float = 0.5, eps: flo
     return -torch.log(similarity + eps).mean()
 
 
-def perceptual_distance(fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
-    """LPIPS-style distance with unit layer weights: channel-normalised features, squared
-    difference, averaged over space and summed over layers. lists of B x C x H x W -> B."""
-    total = 0
-    for a, b in zip(fx, fy):
-        total = total + (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean(dim=(1, 2))
-    return total
-
-
 def discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """Eq. 5, D's side: real images to 1, protected ones to 0. Logits B -> scalar."""
     return F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \

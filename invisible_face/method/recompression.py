@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from invisible_face.protect.photo_io import to_tensor, to_uint8
+from invisible_face.data.images import to_tensor, to_uint8
 
 
 def _codec_round_trip(x: torch.Tensor, fmt: str, quality: int) -> torch.Tensor:

@@ -6,14 +6,16 @@ mask, stopping per face as soon as every attribute is called outside its set by 
 larger push margin, which other models follow more often); a face the mask cannot protect gets the
 whole crop. Early stopping keeps PSNR high; a last forward pass
 then scales the perturbation down as far as the margin allows, since the final step overshoots.
-The sets, the margins and the capped objective here are also what G trains on and is checked by.
+The sets, the margins and the capped objective (:mod:`invisible_face.models.margins`) are also what
+G trains on and is checked by.
 
 With a ``survive`` round trip (a real JPEG at the quality a face must survive,
 :func:`invisible_face.method.recompression.survives`) a face counts as protected only when it is protected
 both as written and after that round trip; the steps of a face fooled as written then also follow
 the gradient through a differentiable JPEG (``through``). Steps are shaped for the eye and the codec
-(:func:`shape_step`): less chroma than luminance, smooth rather than per-pixel; a visibility ``budget``
-(:mod:`invisible_face.method.visibility`) keeps them off smooth skin.
+(:func:`shape_step`): less chroma than luminance, smooth rather than per-pixel; the perceptual
+budget (:mod:`invisible_face.method.visibility`) bounds each pixel by what the eye misses there and
+holds the face at a target SSIM.
 """
 
 from __future__ import annotations
@@ -27,46 +29,11 @@ from torch import nn
 
 from invisible_face.method.ldman import cap_rms
 from invisible_face.method.recompression import diverse_input
+from invisible_face.method.visibility import Projection
 from invisible_face.models.ensemble import SEP
+from invisible_face.models.margins import attribute_margins, set_margin_loss
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-def plausible_classes(logits: torch.Tensor, cover: float) -> torch.Tensor:
-    """The most likely classes whose probabilities sum to ``cover`` (at least one, never all).
-
-    Without the true label, these are the calls to steer away from: a face the model calls
-    male with p = 0.55 must not end up called female if it is female. B x C -> B x C bool.
-    """
-    probs, order = logits.softmax(1).sort(1, descending=True)
-    keep = (probs.cumsum(1) - probs) < cover            # classes needed to reach the cover
-    keep[:, 0], keep[:, -1] = True, False
-    return torch.zeros_like(keep).scatter(1, order, keep)
-
-
-def set_margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Best logit inside the class set minus the best outside: B x C, B x C bool -> B
-    (negative = the model now calls a class outside the set)."""
-    inside = logits.masked_fill(~classes, float("-inf")).max(1).values
-    return inside - logits.masked_fill(classes, float("-inf")).max(1).values
-
-
-def attribute_margins(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Set margin of every attribute: {attribute: B x C logits}, {attribute: B x C bool} -> B x A
-    (negative = fooled)."""
-    return torch.stack([set_margin(logits[k], classes[k]) for k in classes], 1)
-
-
-def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor],
-                    cap: float | torch.Tensor) -> torch.Tensor:
-    """The label-free adversarial objective, to minimise: each attribute's set margin, floored at
-    ``-cap`` so an attribute already called outside its set by ``cap`` logits stops pulling and the
-    others get the gradient, summed over attributes. {attribute: B x C}, {attribute: B x C bool},
-    cap (one value or B) -> B.
-
-    One function for G's training, the direction G is given, and the refinement's steps."""
-    cap = torch.as_tensor(cap, dtype=torch.float32).reshape(-1, 1)
-    return torch.maximum(attribute_margins(logits, classes), -cap).sum(1)
 
 
 def unit_rms(x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +116,7 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
                         push_margin: float | None = None, rms: float = float("inf"), momentum: float = 0.0,
                         identity: Transform | None = None,
                         identity_bound: float = 0.5, identity_weight: float = 1.0,
-                        budget: torch.Tensor | None = None
+                        budget: torch.Tensor | None = None, project: Projection | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
@@ -181,9 +148,13 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     face counts as fooled only while its distance stays under ``identity_bound``, and the steps pull
     it back (past 0.8 of the bound, with ``identity_weight`` times the heads' unit gradient) while the heads
     are pushed;
-    ``budget``: B x 1 x H x W, each pixel's share of epsilon (:mod:`invisible_face.method.visibility`):
+    ``budget``: B x 1 x H x W, each pixel's bound in units of epsilon (the perceptual budget,
+    :mod:`invisible_face.method.visibility`: under 1 on smooth skin, up to its ceiling in texture):
     it scales the bound and each step pixel by pixel, while a step's size is still measured over the
-    mask, so the budget moves the change from smooth skin into texture rather than shrinking it.
+    mask, so the budget moves the change from smooth skin into texture rather than shrinking it;
+    ``project``: (images, delta) -> delta, the constraints a step is projected back into after the
+    bound (:func:`invisible_face.method.visibility.perceptual_projection`: the colour bound and the
+    face-SSIM target).
     -> (perturbation B x 3 x H x W, |.| <= epsilon * mask * budget, inside the [0, 1] range;
         fooled: B bool, every attribute past ``stop_margin`` at the end;
         the model's logits on images + perturbation, {attribute: B x C};
@@ -194,6 +165,8 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         mask = mask * budget
     bound = epsilon * mask
     delta = (images + torch.maximum(torch.minimum(delta, bound), -bound)).clamp(0, 1) - images
+    if project is not None:
+        delta = project(images, delta)
     generator = torch.Generator().manual_seed(0)
     target = push_target(stop_margin, push_margin)
     kept, was_fooled = delta, torch.zeros(len(images), dtype=torch.bool)  # the last step that fooled each face
@@ -243,6 +216,8 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         taken += (~reached).long()
         delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
         delta = (images + (cap_rms(delta, rms) if math.isfinite(rms) else delta)).clamp(0, 1) - images
+        if project is not None:
+            delta = project(images, delta)
     delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
     fall_back = was_fooled & ~fooled  # pushed, ended short of the push and of the stop: back to the last fooled step
     if fall_back.any():

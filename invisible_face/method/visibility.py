@@ -1,19 +1,28 @@
-"""Where a change shows: a per-pixel visibility budget from the clean crop (docs/design.md, "Where the
-perturbation goes").
+"""Where a change shows, and how much of it the eye forgives (docs/design.md, "The perceptual budget").
 
 A just-noticeable-difference (JND) model of the kind image coders use: the eye misses a change of
 a few grey levels on a dark or a bright background (luminance adaptation, Chou & Li 1995) and a far
 larger one inside texture or at an edge (contrast masking); the two combine as in Yang et al.'s
-NAMM (2005): LA + TM - 0.3 min(LA, TM). The budget is that threshold relative to the face's own
-textured pixels, so smooth skin gets a small share of epsilon and hair, brows, lashes and edges
-the whole of it. It multiplies the face mask, so it scales G's output, the refinement's steps and
-their L-inf bound alike.
+NAMM (2005): LA + TM - 0.3 min(LA, TM).
+
+The perceptual budget bounds each pixel's change by ``k`` times its JND, capped at a hard ceiling
+(hair, brows, edges) and as small as the map says on smooth skin, and bounds its colour part by a
+share of the texture masking above skin's own grain (:func:`colour_bound`): colour patches on smooth
+skin are what shows first, and brightness adaptation does not hide a change of hue. ``k`` is set per face by the
+refinement itself: after every step the change is scaled down along its own direction until the face
+keeps a target SSIM (:func:`scale_to_face_ssim`), so every face ends at most at the same visibility,
+whatever its texture. The uniform budget (an L-inf epsilon everywhere) takes the same target, so the
+two are compared at matched visibility (the evaluate stage's frontier).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import kornia
 import torch
+
+Projection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def grey_levels(image: torch.Tensor) -> torch.Tensor:
@@ -46,30 +55,159 @@ def jnd_map(image: torch.Tensor, window: int = 7, texture_gain: float = 1.0) -> 
     return la + tm - 0.3 * torch.minimum(la, tm)
 
 
-def visibility_budget(image: torch.Tensor, mask: torch.Tensor, window: int = 7, texture_gain: float = 1.0,
-                      reference: float = 0.8, floor: float = 0.2) -> torch.Tensor:
-    """Share of the budget each pixel may use: its JND over the JND at the ``reference`` quantile of
-    the pixels inside ``mask`` (> 0.5), clipped to [``floor``, 1]: the most textured pixels of the
-    face get all of epsilon, smooth skin a share as small as ``floor``.
-    image: B x 3 x H x W in [0, 1]; mask: B x 1 x H x W -> B x 1 x H x W in [floor, 1]."""
-    jnd = jnd_map(image, window, texture_gain)
-    inside = mask > 0.5
-    refs = torch.stack([j[m].quantile(reference) if m.any() else j.quantile(reference)
-                        for j, m in zip(jnd, inside)])
-    return (jnd / refs.clamp_min(1e-6).view(-1, 1, 1, 1)).clamp(floor, 1.0)
+def jnd_bound(image: torch.Tensor, scale: float, ceiling: float, window: int = 7,
+              texture_gain: float = 1.0) -> torch.Tensor:
+    """The perceptual budget's bound on each pixel's change: ``scale`` JNDs (:func:`jnd_map`), at most
+    ``ceiling`` (both on the [0, 1] scale of the image). B x 3 x H x W -> B x 1 x H x W in (0, ceiling]."""
+    return (scale * jnd_map(image, window, texture_gain) / 255).clamp(max=ceiling)
+
+
+def colour_bound(image: torch.Tensor, scale: float, ceiling: float, floor: float, window: int = 7,
+                 texture_gain: float = 1.0) -> torch.Tensor:
+    """The bound on each pixel's colour part: ``scale`` times the texture masking above a local contrast
+    of ``floor`` grey levels (standard deviation), at most ``ceiling``. A change of hue hides in texture,
+    not in the background's brightness, and skin's own grain (a few grey levels) hides none: under
+    ``floor`` a pixel gets no colour change at all. B x 3 x H x W -> B x 1 x H x W in [0, ceiling]."""
+    texture = (local_std(grey_levels(image), window) - floor).clamp_min(0)
+    return (scale * texture_gain * texture / 255).clamp(max=ceiling)
+
+
+def split_chroma(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A change's luma part (its mean over the channels, B x 1 x H x W) and its chroma part (the rest,
+    B x 3 x H x W): delta = luma + chroma."""
+    luma = delta.mean(1, keepdim=True)
+    return luma, delta - luma
+
+
+def limit_chroma(delta: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``delta`` with its chroma part scaled down, pixel by pixel, until no channel's exceeds ``bound``
+    (scaled, not clipped per channel, so it stays a pure colour change; the luma part is untouched).
+    delta: B x 3 x H x W; bound: B x 1 x H x W (or a number) -> B x 3 x H x W."""
+    luma, chroma = split_chroma(delta)
+    largest = chroma.abs().amax(1, keepdim=True)
+    return luma + chroma * torch.clamp(bound / largest.clamp_min(1e-12), max=1.0)
+
+
+def box_of(mask: torch.Tensor) -> tuple[slice, slice]:
+    """The bounding box of a mask's pixels > 0.5 (the whole image when none). 1 x H x W -> (rows, columns)."""
+    ys, xs = torch.nonzero(mask[0] > 0.5, as_tuple=True)
+    if not len(ys):
+        return slice(None), slice(None)
+    return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
+
+
+def face_ssim(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """SSIM (11 x 11 Gaussian window) over the bounding box of each face mask: the visibility the
+    perceptual target holds and the evaluation reports. clean, protected: B x 3 x H x W; masks: B x 1 x H x W
+    -> B."""
+    out = []
+    for c, x, m in zip(clean, protected, masks):
+        rows, cols = box_of(m)
+        c, x = c[:, rows, cols][None], x[:, rows, cols][None]
+        window = min(11, *c.shape[-2:]) // 2 * 2 + 1 if min(c.shape[-2:]) < 11 else 11
+        out.append(kornia.metrics.ssim(c, x, window_size=window, max_val=1.0).mean())
+    return torch.stack(out)
+
+
+def scale_to_face_ssim(images: torch.Tensor, delta: torch.Tensor, masks: torch.Tensor, target: float,
+                       iterations: int = 4, slack: float = 0.03) -> torch.Tensor:
+    """Each face's change scaled down along its own direction to the largest share that keeps its face
+    SSIM at least ``target`` (unchanged where it already does): the projection that sets each face's
+    ``k``. A small change costs SSIM quadratically, so each try rescales by sqrt(allowed / measured
+    loss) (secant steps on a quadratic, not a bisection: two or three SSIM passes a face, a few ms
+    each, no network pass), stopping within ``slack`` of the allowed loss; the largest share that met
+    the target wins. images, delta: B x 3 x H x W; masks: B x 1 x H x W -> B x 3 x H x W."""
+    allowed = 1 - target
+    with torch.no_grad():
+        over = face_ssim(images, (images + delta).clamp(0, 1), masks) < target
+        if not over.any():
+            return delta
+        x, d, m = images[over], delta[over], masks[over]
+        share, best = torch.ones(len(x)), torch.zeros(len(x))
+        loss = 1 - face_ssim(x, (x + d).clamp(0, 1), m)
+        for _ in range(iterations):
+            share = (share * (allowed / loss.clamp_min(1e-12)).sqrt() * (1 - slack / 4)).clamp(max=1.0)
+            loss = 1 - face_ssim(x, (x + share.view(-1, 1, 1, 1) * d).clamp(0, 1), m)
+            best = torch.where(loss <= allowed, torch.maximum(best, share), best)
+            if (best > 0).all() and (loss >= (1 - slack) * allowed).all():
+                break
+        delta = delta.clone()
+        delta[over] = best.view(-1, 1, 1, 1) * d
+    return delta
+
+
+def perceptual_projection(masks: torch.Tensor, chroma_bound: torch.Tensor | None,
+                          target: float | None) -> Projection:
+    """The perceptual constraints a step is projected back into, besides the per-pixel bound: the
+    colour part under ``chroma_bound`` (B x 1 x H x W; None: no separate colour bound), then the whole
+    change scaled to the face-SSIM ``target`` (None: no target). -> (images, delta) -> delta."""
+    def project(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        if chroma_bound is not None:
+            delta = (images + limit_chroma(delta, chroma_bound)).clamp(0, 1) - images
+        return scale_to_face_ssim(images, delta, masks, target) if target is not None else delta
+    return project
+
+
+def smooth_pixels(clean: torch.Tensor, mask: torch.Tensor, share: float = 0.4, window: int = 7) -> torch.Tensor:
+    """The ``share`` smoothest face pixels of each image (lowest local standard deviation of the clean
+    grey levels over ``window`` px, among the mask's pixels > 0.5). B x 3 x H x W, B x 1 x H x W -> B x H x W bool."""
+    variance = local_std(grey_levels(clean), window)[:, 0]
+    out = torch.zeros_like(variance, dtype=torch.bool)
+    for i, (v, m) in enumerate(zip(variance, mask[:, 0] > 0.5)):
+        if m.any():
+            out[i] = m & (v <= v[m].quantile(share))
+    return out
 
 
 def texture_ratio(clean: torch.Tensor, protected: torch.Tensor, mask: torch.Tensor, smooth_share: float = 0.4,
                   window: int = 7) -> torch.Tensor:
-    """Mean |change| on the ``smooth_share`` smoothest face pixels (lowest local variance of the clean
-    image, ``window`` px) over the mean on the other face pixels: under 1, the change hides in texture.
+    """Mean |change| on the ``smooth_share`` smoothest face pixels (:func:`smooth_pixels`) over the mean on
+    the other face pixels: under 1, the change hides in texture.
     clean, protected: B x 3 x H x W; mask: B x 1 x H x W (face pixels: > 0.5) -> B (nan: no change)."""
-    variance = local_std(grey_levels(clean), window).flatten(1)
-    change = (protected - clean).abs().mean(1).flatten(1)
+    smooth = smooth_pixels(clean, mask, smooth_share, window)
+    change = (protected - clean).abs().mean(1)
     ratios = []
-    for v, c, m in zip(variance, change, mask.flatten(1) > 0.5):
-        v, c = v[m], c[m]
-        smooth = v <= v.quantile(smooth_share)
-        rest = c[~smooth].mean()
-        ratios.append(c[smooth].mean() / rest if rest > 0 else torch.tensor(float("nan")))
+    for s, c, m in zip(smooth, change, mask[:, 0] > 0.5):
+        rest = c[m & ~s].mean()
+        ratios.append(c[s].mean() / rest if rest > 0 else torch.tensor(float("nan")))
     return torch.stack(ratios)
+
+
+def ciede2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
+    """CIEDE2000 colour difference (Sharma, Wu & Dalal 2005; kL = kC = kH = 1) between CIELAB images:
+    about 1 is the smallest difference people notice side by side, about 2 at a glance.
+    B x 3 x H x W (L*, a*, b*) each -> B x H x W."""
+    l1, a1, b1 = lab1.unbind(1)
+    l2, a2, b2 = lab2.unbind(1)
+    c_mean = (torch.hypot(a1, b1) + torch.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - torch.sqrt(c_mean**7 / (c_mean**7 + 25.0**7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = torch.hypot(a1, b1), torch.hypot(a2, b2)
+    h1 = torch.rad2deg(torch.atan2(b1, a1)) % 360
+    h2 = torch.rad2deg(torch.atan2(b2, a2)) % 360
+    chroma_zero = (c1 * c2) == 0
+    dh = h2 - h1
+    dh = torch.where(dh > 180, dh - 360, torch.where(dh < -180, dh + 360, dh))
+    dh = torch.where(chroma_zero, torch.zeros_like(dh), dh)
+    d_l, d_c = l2 - l1, c2 - c1
+    d_h = 2 * torch.sqrt(c1 * c2) * torch.sin(torch.deg2rad(dh) / 2)
+    l_mean, c_mean = (l1 + l2) / 2, (c1 + c2) / 2
+    h_sum = h1 + h2
+    h_mean = torch.where((h1 - h2).abs() <= 180, h_sum / 2, torch.where(h_sum < 360, h_sum / 2 + 180, h_sum / 2 - 180))
+    h_mean = torch.where(chroma_zero, h_sum, h_mean)
+    t = (1 - 0.17 * torch.cos(torch.deg2rad(h_mean - 30)) + 0.24 * torch.cos(torch.deg2rad(2 * h_mean))
+         + 0.32 * torch.cos(torch.deg2rad(3 * h_mean + 6)) - 0.20 * torch.cos(torch.deg2rad(4 * h_mean - 63)))
+    s_l = 1 + 0.015 * (l_mean - 50) ** 2 / torch.sqrt(20 + (l_mean - 50) ** 2)
+    s_c, s_h = 1 + 0.045 * c_mean, 1 + 0.015 * c_mean * t
+    r_c = 2 * torch.sqrt(c_mean**7 / (c_mean**7 + 25.0**7))
+    r_t = -torch.sin(torch.deg2rad(60 * torch.exp(-(((h_mean - 275) / 25) ** 2)))) * r_c
+    return torch.sqrt((d_l / s_l) ** 2 + (d_c / s_c) ** 2 + (d_h / s_h) ** 2 + r_t * (d_c / s_c) * (d_h / s_h))
+
+
+def skin_delta_e(clean: torch.Tensor, protected: torch.Tensor, mask: torch.Tensor, smooth_share: float = 0.4,
+                 window: int = 7) -> torch.Tensor:
+    """Mean CIEDE2000 colour change on the ``smooth_share`` smoothest face pixels (smooth skin, where
+    colour patches show). clean, protected: B x 3 x H x W in [0, 1]; mask: B x 1 x H x W -> B."""
+    smooth = smooth_pixels(clean, mask, smooth_share, window)
+    d = ciede2000(kornia.color.rgb_to_lab(clean), kornia.color.rgb_to_lab(protected.clamp(0, 1)))
+    return torch.stack([e[s].mean() if s.any() else torch.tensor(float("nan")) for e, s in zip(d, smooth)])

@@ -2,6 +2,8 @@
 
 ``train_loop`` runs inside each Ray worker; ``train_classifier`` is the driver-side entry point;
 ``evaluate`` scores a model on a dataset (accuracy and confusion matrix per attribute).
+``classifier_specs`` and ``training_config`` turn params ``classifiers`` into what the classifiers
+stage trains: the surrogate, then each zoo model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from invisible_face.data.faces import FaceAttributes
-from invisible_face.evaluate.metrics import accuracy_and_confusion
+from invisible_face.metrics import accuracy_and_confusion
 from invisible_face.models import distributed
 from invisible_face.models.networks import (
     AttributeClassifier,
@@ -31,6 +33,8 @@ from invisible_face.models.networks import (
 )
 
 MODELS_DIR = Path("artifacts/classifiers/models")  # the classifiers stage's models out (dvc.yaml)
+# params ``classifiers`` keys that say how Ray Train runs (``train_classifier``'s ``scaling``)
+SCALING_KEYS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "keep_checkpoints", "num_cpus")
 
 
 def classifier_path(name: str, models: str | Path = MODELS_DIR) -> Path:
@@ -195,3 +199,36 @@ def evaluate(model: torch.nn.Module, data: FaceAttributes, n_classes: dict[str, 
         for a, p in predict(model, data.images[start:start + batch_size].float() / 255).items():
             preds[a].append(p)
     return accuracy_and_confusion({a: torch.cat(p) for a, p in preds.items()}, data.labels, n_classes)
+
+
+def classifier_specs(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The classifiers the stage trains on Ray Train, in order: the surrogate (``role`` surrogate, on
+    surrogate_train), then each zoo model (``role`` target, on target_train). Each is its params
+    ``classifiers`` entry (name, arch, epochs, optional batch_size, lr, channels_last) plus ``role``
+    and ``splits``."""
+    cfg = params["classifiers"]
+    return ([{**cfg["surrogate"], "role": "surrogate", "splits": ["surrogate_train"]}]
+            + [{**m, "role": "target", "splits": ["target_train"]} for m in cfg["zoo"]])
+
+
+def training_config(params: dict[str, Any], spec: dict[str, Any], manifest: Path, image_dir: Path) -> dict[str, Any]:
+    """The ``train_loop`` config of one of :func:`classifier_specs`: the spec's own batch size, lr and
+    channels_last where it sets them, else params ``classifiers``'; ``manifest`` and ``image_dir``
+    absolute (Ray workers change directory)."""
+    cfg = params["classifiers"]
+    return {
+        "arch": spec["arch"], "attributes": attribute_sizes(params), "input_size": cfg["input_size"],
+        "image_size": cfg["image_size"], "manifest": str(manifest), "image_dir": str(image_dir),
+        "train_splits": spec["splits"], "val_splits": ["val"], "epochs": spec["epochs"],
+        "batch_size": spec.get("batch_size", cfg["batch_size"]), "lr": spec.get("lr", cfg["lr"]),
+        "weight_decay": cfg["weight_decay"], "dropout": cfg["dropout"], "flip": cfg["flip"],
+        "crop_scale": cfg.get("crop_scale"), "channels_last": spec.get("channels_last", False),
+        "seed": params["seed"], "pretrained": cfg["pretrained"],
+    }
+
+
+def accuracy_summary(accuracy: dict[str, float]) -> dict[str, float]:
+    """{attribute: test accuracy} -> the metrics.json figures: ``test_acc_<attribute>`` and their mean
+    ``test_acc_mean``."""
+    return {**{f"test_acc_{a}": acc for a, acc in accuracy.items()},
+            "test_acc_mean": float(np.mean(list(accuracy.values())))}

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from invisible_face.data.images import to_uint8
 from invisible_face.models.face_backbone import EmbeddingHeads, read_saved, save_safetensors
 from invisible_face.models.identity import IdentityEmbedder
-from invisible_face.protect.photo_io import to_uint8
 
 ARCH = "dlib_resnet_embedding"
 

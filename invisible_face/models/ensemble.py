@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from invisible_face.models.margins import plausible_classes
+
 SEP = "/"
 
 
@@ -54,8 +56,6 @@ class SurrogateEnsemble(nn.Module):
         """The class sets of every member: ``first`` (the primary's, as G was given them) and, for the
         others, the plausible classes of their clean call on ``x`` (or ``known``, one-hot true labels
         by attribute) -> {key: B x C bool}."""
-        from invisible_face.method.refine import plausible_classes
-
         out = dict(first)
         for i, (name, model) in enumerate(self.members.items()):
             if i == 0:

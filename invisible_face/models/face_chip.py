@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from invisible_face.data.images import to_uint8
 from invisible_face.data.landmarks import face_recognition_models_dir
 from invisible_face.models.dlib_resnet import CHIP_PADDING, CHIP_SIZE, DlibFaceNet
-from invisible_face.protect.photo_io import to_uint8
 
 PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 # dlib's mean face for its 5-point shapes (get_face_chip_details): eye corners, then the nose base

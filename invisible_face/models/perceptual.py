@@ -4,7 +4,7 @@ LPIPS-style distance on the surrogate's own features (docs/design.md, "Pretraine
 - ``lpips``: the ``lpips`` package's LPIPS v0.1 (AlexNet). Its linear heads ship inside the package; its
   torchvision AlexNet backbone is read only from the torch cache (``$TORCH_HOME/hub/checkpoints``, the file
   name of ``AlexNet_Weights.IMAGENET1K_V1.url``): nothing is downloaded.
-- ``surrogate``: ``losses.perceptual_distance`` on :class:`SurrogateFeatures` (the
+- ``surrogate``: :func:`perceptual_distance` on :class:`SurrogateFeatures` (the
   surrogate ResNet's layer1 and layer2), the project's fallback, reported as ``percep_surrogate``.
 - ``auto``: lpips when its backbone is cached, else surrogate; says once which ran.
 
@@ -18,10 +18,10 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights, WeightsEnum
 
-from invisible_face.method.losses import perceptual_distance
 from invisible_face.models.networks import AttributeClassifier, cached_weights_path
 
 BACKENDS = ("auto", "lpips", "surrogate")
@@ -52,6 +52,15 @@ class SurrogateFeatures(nn.Module):
         h = b.maxpool(b.relu(b.bn1(b.conv1(h))))
         f1 = b.layer1(h)
         return [f1, b.layer2(f1)]
+
+
+def perceptual_distance(fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+    """LPIPS-style distance with unit layer weights: channel-normalised features, squared
+    difference, averaged over space and summed over layers. lists of B x C x H x W -> B."""
+    total = 0
+    for a, b in zip(fx, fy):
+        total = total + (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean(dim=(1, 2))
+    return total
 
 
 def lpips_weights_path(net: str = "alex") -> Path:

@@ -25,19 +25,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from invisible_face.data.images import to_tensor, to_uint8
 from invisible_face.data.landmarks import Face, make_backend
 from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.method.recompression import jpeg_differentiable, survives
 from invisible_face.method.refine import refine_perturbation, shape_step
 from invisible_face.method.regions import rect_masks, select_region
-from invisible_face.method.visibility import visibility_budget
+from invisible_face.method.visibility import colour_bound, jnd_bound, perceptual_projection
 from invisible_face.models.ensemble import SurrogateEnsemble, first_member_calls, surrogate_from_state
 from invisible_face.models.face_backbone import FaceBackboneSurrogate
 from invisible_face.models.networks import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.params import deep_merge
-from invisible_face.protect.photo_io import to_tensor, to_uint8
 
-FORMAT_VERSION = 9  # 8: the surrogate may be an ensemble with dlib's face network inside; 9: visibility budget
+# 8: the surrogate may be an ensemble with dlib's face network inside; 9: visibility budget; 10: perceptual budget
+FORMAT_VERSION = 10
 PATHS = ("generator", "refined", "not_protected")
 
 
@@ -196,13 +197,24 @@ class Protector:
             (0.0, 0.0, float(w), float(h))
         return mask, box
 
-    def visibility(self, crop: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The share of epsilon each pixel may use (``protect.visibility``; all of it when off):
-        1 x 3 x H x W, its face mask 1 x 1 x H x W -> 1 x 1 x H x W in (0, 1]."""
-        vcfg = self.config["protect"]["visibility"]
-        if not vcfg["enabled"]:
-            return torch.ones_like(mask)
-        return visibility_budget(crop, mask, vcfg["window"], vcfg["texture_gain"], vcfg["reference"], vcfg["floor"])
+    def visibility(self, crop: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each pixel's bound, and its colour part's, in units of epsilon (``protect.visibility``).
+        ``uniform``: 1 everywhere, colour ``chroma_share`` of it. ``perceptual``: ``jnd_scale`` JNDs
+        capped at ``ceiling`` (under 1 on smooth skin, up to ceiling / epsilon in hair and at edges);
+        colour ``chroma_share`` of the texture masking above ``colour_floor`` grey levels of local contrast
+        (:func:`invisible_face.method.visibility.colour_bound`: none on smooth skin).
+        1 x 3 x H x W, its face mask 1 x 1 x H x W -> (1 x 1 x H x W, the same or None: no colour bound)."""
+        vcfg, epsilon = self.config["protect"]["visibility"], self.config["protect"]["epsilon"]
+        share = vcfg["chroma_share"]
+        if vcfg["budget"] == "uniform":
+            budget = torch.ones_like(mask)
+            return budget, None if share is None else share * budget
+        if vcfg["budget"] != "perceptual":
+            raise ValueError(f"protect.visibility.budget: {vcfg['budget']!r}, choose uniform or perceptual")
+        scale, ceiling, window, gain = vcfg["jnd_scale"], vcfg["ceiling"], vcfg["window"], vcfg["texture_gain"]
+        colour = None if share is None else \
+            share * colour_bound(crop, scale, ceiling, vcfg["colour_floor"], window, gain) / epsilon
+        return jnd_bound(crop, scale, ceiling, window, gain) / epsilon, colour
 
     def protect_face(self, crop: torch.Tensor, points: np.ndarray, labels: dict[str, int] | None = None
                      ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict, str]:
@@ -215,36 +227,36 @@ class Protector:
         if labels is not None:
             n = {k: len(v) for k, v in self.config["attributes"].items()}
             known = {k: F.one_hot(torch.tensor([labels[k]]), n[k]).bool() for k in n}
-        budget = self.visibility(crop[None], mask)
-        # the budget bounds the whole change (G's too), or (``colour``) only its chroma part: colour shows most
-        colour_only = pcfg["visibility"]["applies_to"] == "colour"
+        budget, colour = self.visibility(crop[None], mask)
         with torch.no_grad():
             before = {k: int(v.argmax(1)) for k, v in self.generator_surrogate(crop[None]).items()}
         delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None],
-                                           mask if colour_only else mask * budget, pcfg["cover"],
+                                           mask * budget.clamp(max=1), pcfg["cover"],  # G's trained bound
                                            pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
         if isinstance(self.surrogate, SurrogateEnsemble):  # the other members' sets: each must be fooled too
             classes = self.surrogate.member_classes(crop[None], classes, pcfg["cover"], known)
         # the refinement's first check is G's: a face G protects (to the push margin) takes no step
-        delta, box, logits, path = self._refine(crop, delta, mask, box, classes, budget, colour_only)
+        delta, box, logits, path = self._refine(crop, delta, mask, box, classes, budget, colour)
         out = apply_perturbation(crop[None], delta)[0]
         after = {k: int(v.argmax(1)) for k, v in first_member_calls(logits).items()}
         return out, box, before, after, path
 
     def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, box: tuple[float, ...],
-                classes: dict[str, torch.Tensor], budget: torch.Tensor, colour_only: bool
+                classes: dict[str, torch.Tensor], budget: torch.Tensor, colour: torch.Tensor | None
                 ) -> tuple[torch.Tensor, tuple[float, ...], dict, str]:
         """G's check and the fallback for a face G leaves unprotected: steps on the surrogate from G's
         perturbation inside the mask, then over the whole crop (``crop_fallback``) while it is still not
-        protected, both times scaled by the visibility ``budget`` (its chroma part alone: ``colour_only``)
+        protected, both times inside the per-pixel ``budget`` (units of epsilon), its colour part inside
+        ``colour`` (the same units; None: no colour bound), and at least the target SSIM over the
+        perturbed region's box
         -> (delta, perturbed box, the surrogate's logits on the result, path)."""
         rcfg, pcfg = self.config["refine"], self.config["protect"]
         _, h, w = crop.shape
         quality = pcfg["survive_jpeg_quality"]
         survive = survives(quality)
         through = None if quality is None or not rcfg["jpeg_gradient"] else (lambda x: jpeg_differentiable(x, quality))
-        chroma = rcfg["chroma_weight"] * budget if colour_only else rcfg["chroma_weight"]
-        shape = lambda g: shape_step(g, chroma, rcfg["smooth"])
+        vcfg = pcfg["visibility"]
+        shape = lambda g: shape_step(g, rcfg["chroma_weight"], rcfg["smooth"])
         masks = [(mask, box)]
         if rcfg["crop_fallback"]:
             masks.append((torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))))
@@ -256,12 +268,14 @@ class Protector:
                 clean = self.face_member.embed(crop[None])
             identity = lambda x: (self.face_member.embed(x) - clean).norm(dim=1)
         for tried, (mask, box) in enumerate(masks):
+            chroma_bound = None if colour is None else pcfg["epsilon"] * colour * mask
+            project = perceptual_projection(mask, chroma_bound, vcfg["face_ssim"])
             delta, fooled, logits, taken = refine_perturbation(
                 self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
                 rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"],
                 rms=psnr_to_rms(rcfg["min_psnr"]), momentum=rcfg["momentum"], identity=identity,
                 identity_bound=rcfg["identity_bound"], identity_weight=rcfg["identity_weight"],
-                budget=None if colour_only else budget)
+                budget=budget, project=project)
             if fooled.all():
                 return delta, box, logits, "generator" if tried == 0 and int(taken[0]) == 0 else "refined"
             if rcfg["steps"] == 0:  # G alone: no second mask either

@@ -1,4 +1,9 @@
-"""Evaluation metrics (paper VI-F; docs/design.md, "Metrics"). Images are B x 3 x H x W in [0, 1]."""
+"""Evaluation metrics (paper VI-F; docs/design.md, "Metrics"). Images are B x 3 x H x W in [0, 1].
+
+Pure functions on tensors, at the bottom of the package: every floor scores with them (the
+classifiers' test report in ``models``, G's and RP's validation in ``method``, the evaluation in
+``evaluate``), so none of them has to import a floor above its own.
+"""
 
 from __future__ import annotations
 

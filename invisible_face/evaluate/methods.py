@@ -1,0 +1,136 @@
+"""The methods the evaluate stage scores, each a ``protect(images, labels) -> images`` on test chips: the
+deployed protector, its strength presets, its variants (inference-time switches on the same export), the
+perceptual and uniform budgets at several face-SSIM targets (the budget frontier), and the baseline attacks
+at the common budget and at smaller ones (the privacy-PSNR frontier).
+
+The protector is passed in, never imported: anything with ``config``, ``protect_chip(image, labels)``,
+``variant(override)`` and ``with_strength(name)`` (:class:`invisible_face.protect.protector.Protector`)
+serves; ``protect`` and ``evaluate`` are independent floors of the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from invisible_face.data.faces import FaceAttributes
+from invisible_face.data.images import to_tensor, to_uint8
+from invisible_face.evaluate.attacks import baseline_attack
+from invisible_face.evaluate.budgets import budget_override, point_name
+from invisible_face.models.classifiers import attribute_sizes
+
+# a method: (N x 3 x H x W chips in [0, 1], their labels {attribute: N}) -> the protected chips
+Method = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+# Protector variants (inference-time switches on the same export): what each part contributes; params
+# ``evaluate.variants`` picks the ones a run scores. name -> (config overrides, whether it is told the true labels)
+VARIANTS = {
+    # the face embedding's move bounded: the face stays the same person to face_recognition
+    "invisible_face_keep_identity": ({"refine": {"keep_identity": True}}, False),
+    "invisible_face_known_labels": ({}, True),
+    # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
+    "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
+    # today's budget before the perceptual one: L-inf epsilon everywhere, no colour bound, no SSIM target
+    "invisible_face_uniform": ({"protect": {"visibility": {"budget": "uniform", "face_ssim": None,
+                                                           "chroma_share": None}}}, False),
+    # the slow step schedule this one replaced: 20 small steps, no momentum, the gradient through a JPEG too
+    "invisible_face_slow": ({"refine": {"steps": 20, "step_size": 0.3, "momentum": 0.0, "jpeg_gradient": True}},
+                            False),
+    # steps that stop at the stop margin (no push further for transfer, as before the push margin)
+    "invisible_face_no_push": ({"refine": {"push_margin": None}}, False),
+    # the stop rule without the survive-JPEG check (the deployed one before it)
+    "invisible_face_no_survive": ({"protect": {"survive_jpeg_quality": None}}, False),
+    # Algorithm 1's rectangle as the mask instead of the feathered face mask
+    "invisible_face_region": ({"protect": {"mask": {"kind": "region"}}}, False),
+    # Table V: the whole crop
+    "invisible_face_full_region": ({"protect": {"mask": {"kind": "crop"}}}, False),
+}
+STRENGTHS = ("light", "strong")  # the presets beside the deployed default (standard): invisible_face_<preset>
+
+
+def protector_method(protector: Any, known_labels: bool = False, records: list | None = None) -> Method:
+    """The protector as an evaluation method; ``known_labels``: it is told each face's true attributes;
+    ``records``: a list that collects each face's record (path taken, ms)."""
+    def protect(images: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = []
+        for i, img in enumerate(images):
+            rgb, recs = protector.protect_chip(to_uint8(img), {k: int(v[i]) for k, v in labels.items()}
+                                               if known_labels else None)
+            out.append(to_tensor(rgb))
+            if records is not None:
+                records.extend(recs)
+        return torch.stack(out)
+    return protect
+
+
+def chips_of(cfg: dict, split: str, n: int) -> FaceAttributes:
+    """A seeded sample of ``n`` chips of ``split`` at the protector's resolution, with their labels."""
+    return FaceAttributes("artifacts/validate/manifest.csv", cfg["data"]["image_dir"], [split],
+                          list(attribute_sizes(cfg)), size=cfg["ldman"]["image_size"], limit=n, seed=cfg["seed"])
+
+
+@dataclass
+class Methods:
+    """Every method of one evaluation, in the order they run, and what the tables need to read them."""
+
+    methods: dict[str, Method]
+    records: list = field(default_factory=list)  # the deployed protector's per-face records, filled as it runs
+    points: dict[tuple[str, float], str] = field(default_factory=dict)  # (budget, face-SSIM target) -> method
+    budgets: dict[str, float] = field(default_factory=dict)  # each baseline method -> its L-inf budget
+
+
+def protector_methods(protector: Any, variants: list[str], budget_frontier: dict[str, list]) -> Methods:
+    """The deployed protector (``invisible_face``), its presets (``invisible_face_<preset>``), the
+    ``variants`` (names of :data:`VARIANTS`) and the budget frontier's points (params
+    ``evaluate.budget_frontier``: each budget at each target). A point that is a preset's own settings
+    (the deployed config counts as ``invisible_face_variant_chips``, its run on the variants' chips) is
+    that preset's run, no method of its own; any other is ``point_name(budget, target)``."""
+    records: list = []
+    methods = {"invisible_face": protector_method(protector, records=records)}
+    for preset in STRENGTHS:
+        methods[f"invisible_face_{preset}"] = protector_method(protector.with_strength(preset))
+    for name in variants:
+        override, known_labels = VARIANTS[name]
+        methods[name] = protector_method(protector.variant(override), known_labels)
+    presets = {"invisible_face_variant_chips": protector.config} | {
+        f"invisible_face_{p}": protector.with_strength(p).config for p in STRENGTHS}
+    points = {}
+    for budget in budget_frontier["budgets"]:
+        for target in budget_frontier["targets"]:
+            point = protector.variant(budget_override(budget, target))
+            same = [name for name, config in presets.items() if config == point.config]
+            points[(budget, target)] = same[0] if same else point_name(budget, target)
+            if not same:
+                methods[points[(budget, target)]] = protector_method(point)
+    return Methods(methods, records, points)
+
+
+def baseline_budgets(baselines: list[str], frontier: dict[str, list], epsilon: float) -> dict[str, float]:
+    """Each baseline at the common budget ``epsilon``, and the frontier's (params ``evaluate.frontier``)
+    at each smaller or larger one: ``<name>_eps<k>`` at k/255 -> {method name: budget}."""
+    budgets = {name: epsilon for name in baselines}
+    return budgets | {f"{name}_eps{k}": k / 255 for name in frontier["baselines"] for k in frontier["epsilons"]
+                      if abs(k / 255 - epsilon) > 1e-6}
+
+
+def evaluation_methods(protector: Any, surrogate: nn.Module, cfg: dict[str, Any]) -> Methods:
+    """Every method of params ``cfg``'s evaluation: :func:`protector_methods`, then the baselines of
+    :func:`baseline_budgets`, each attacking ``surrogate`` (the white-box ResNet-18) with the true labels."""
+    ecfg = cfg["evaluate"]
+    found = protector_methods(protector, ecfg["variants"], ecfg["budget_frontier"])
+    found.budgets = baseline_budgets(ecfg["baselines"], ecfg["frontier"], cfg["ldman"]["epsilon"])
+    for name, budget in found.budgets.items():
+        found.methods[name] = lambda x, y, n=name.split("_eps")[0], e=budget: baseline_attack(
+            n, surrogate, x, y, e, ecfg["baseline_steps"], cfg["ldman"]["kappa"])
+    return found
+
+
+def frontier_families(budgets: dict[str, float], baselines: list[str]) -> dict[str, list[str]]:
+    """The privacy-PSNR frontier's curves: the protector's presets, and each of ``baselines`` at its
+    budgets, weakest first -> {family: [method names]}."""
+    families = {"invisible_face": ["invisible_face_light", "invisible_face", "invisible_face_strong"]}
+    return families | {b: sorted((n for n in budgets if n.split("_eps")[0] == b), key=budgets.get)
+                       for b in baselines}
