@@ -15,7 +15,8 @@ Faces are a seeded sample of the split. ``--known-labels`` tells the protector e
 attributes (as the evaluation's ``invisible_face_known_labels``). ``--set`` overrides one of the
 export's settings (a dotted key of its config), e.g. ``--set refine.steps=8 --set 'refine.shrink=[]'
 --set protect.visibility.budget='"uniform"'``: compare settings on ``--split val``, not on the test split,
-with ``--no-pgd`` to skip the baseline. Face SSIM / PSNR and the texture ratio are on the chips' face
+with ``--no-pgd`` to skip the baseline. The figures also go to benchmarks/results/protect_speed.json.
+Face SSIM / PSNR and the texture ratio are on the chips' face
 masks (from the landmarks stage), as the evaluation scores them, with the colour change on smooth skin
 (CIEDE2000 on the 40 % smoothest face pixels).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from collections import defaultdict
 
@@ -45,6 +47,9 @@ from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_e
 from invisible_face.models.networks import load_classifier, predict
 from invisible_face.params import PROJECT_ROOT, load_params
 from invisible_face.protect.protector import PATHS, Protector
+
+sys.path.insert(0, str(PROJECT_ROOT))  # benchmarks/ as a package, for its results helper
+from benchmarks.recorded import write_results  # noqa: E402
 
 
 def time_parts(protector: Protector) -> dict[str, float]:
@@ -165,6 +170,14 @@ def main() -> None:
     if args.transfer:
         transfer(cfg, written, TestSet(clean, labels), protector.generator_surrogate)
     print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")
+    names = ("ms_per_face_mean", "mosr", "ssim", "psnr", "mosr_after_jpeg75", "face_ssim", "face_psnr",
+             "texture_ratio", "skin_delta_e")
+    write_results("protect_speed", {
+        "model": args.model, "split": args.split, "faces": len(chips), "settings": args.set,
+        "known_labels": args.known_labels, "ms_per_face_median": float(np.median(face_ms)),
+        "ms_per_face_p90": float(np.percentile(face_ms, 90)),
+        "paths": {p: int(sum(r.path == p for r in records)) for p in PATHS},
+        "methods": {name: dict(zip(names, values)) for name, values in rows.items()}})
     for path in PATHS:
         taken = face_ms[[r.path == path for r in records]]
         if len(taken):

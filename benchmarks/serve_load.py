@@ -13,7 +13,8 @@ a ProtectorModel replica (its pid from /healthz before the load; what an out-of-
 few seconds into the load and reports when Serve replaced it, how the requests in flight at the kill
 ended (the ingress retries a call whose replica died once, so none should fail), and how many
 requests were retried (``X-Retried: 1``, and the ingress's counts in /healthz). Results are printed,
-not asserted.
+not asserted; a load run's figures also go to benchmarks/results/serve_load.json (serve_load_tiny.json
+with --tiny): faces/s, photos/s, p50 and p99 in seconds and the errors of each max_batch_size.
 """
 
 import argparse
@@ -37,6 +38,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.recorded import write_results  # noqa: E402
+
 REPLICA_MARK = "invisible-face#ProtectorModel#"  # in Serve replica actor names
 
 
@@ -175,6 +178,7 @@ def main() -> None:
               f"{args.clients} clients; {args.requests} requests or {args.duration:.0f} s per phase; "
               f"{args.replicas} model replica(s); {os.cpu_count()} CPUs")
         batched = int(config["max_batch_size"])
+        phases = {}
         for size in ([batched] if args.kill_replica else [1, batched]):
             deploy(model, size, args.replicas)
             requests.post(url + "/protect", files={"file": photos[0]}, timeout=args.timeout)  # warm
@@ -183,6 +187,11 @@ def main() -> None:
             if not args.kill_replica:
                 result = run_load(url, photos, args.clients, args.requests, args.duration, args.timeout)
                 show(f"max_batch_size {size}", result)
+                phases[f"max_batch_size_{size}"] = {
+                    "faces_per_s": result["faces_per_s"], "photos_per_s": result["throughput_rps"],
+                    "p50_s": None if result["p50_ms"] is None else result["p50_ms"] / 1000,
+                    "p99_s": None if result["p99_ms"] is None else result["p99_ms"] / 1000,
+                    "errors": sum(result["errors"].values()), "requests": result["requests"]}
                 if size == 1:
                     base = result
                 continue
@@ -227,6 +236,9 @@ def main() -> None:
         if not args.kill_replica:
             gain = result["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else float("nan")
             print(f"batching gain (max_batch_size {batched} vs 1): {gain:.2f}x throughput")
+            write_results("serve_load_tiny" if args.tiny else "serve_load",
+                          {"model": str(model), "clients": args.clients, "replicas": args.replicas,
+                           "photos": len(photos), "phases": phases, "batching_gain": gain})
     finally:
         serve.shutdown()
         ray.shutdown()
