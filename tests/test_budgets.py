@@ -47,11 +47,16 @@ def test_frontier_table_and_metrics_hold_every_point_that_ran(tmp_path):
     assert Image.open(tmp_path / "f.png").size[0] > 500
 
 
-def test_region_boxes_are_inside_the_chip_and_in_face_order():
-    boxes = region_boxes(_points(), 40, 200)
+def test_region_boxes_are_inside_the_chip_and_hair_is_the_textured_window_above_the_eyes():
+    image = torch.full((3, 200, 200), 0.6)
+    image[:, 8:48, 140:180] = (torch.arange(40)[:, None] + torch.arange(40)[None]) % 2  # "hair": top right
+    image[:, 150:190, 20:60] = (torch.arange(40)[:, None] + torch.arange(40)[None]) % 2  # texture under the eyes
+    boxes = region_boxes(image, _points(), 40)
     for x0, y0, x1, y1 in boxes.values():
         assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 200 and x1 - x0 == 40 == y1 - y0
-    assert boxes["hair"][1] < boxes["forehead"][1] < boxes["cheek"][1]
+    assert boxes["forehead"][1] < boxes["cheek"][1]
+    x0, y0, _, y1 = boxes["hair"]
+    assert y1 <= 92 - 40 + 4 and 120 <= x0 <= 160 and y0 <= 24  # on the textured patch, above the eyes
 
 
 def test_region_crops_draw_every_face_region_and_version_at_2x(tmp_path):

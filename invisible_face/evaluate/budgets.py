@@ -13,6 +13,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from invisible_face.method.visibility import grey_levels, local_std
+
 # the figures each frontier point reports (the evaluation's score keys); ms_per_image is ms per face
 FRONTIER_FIGURES = ("face_ssim", "ssim", "face_psnr", "texture_ratio", "skin_delta_e", "known_backbone_fooled_mean",
                     "mosr", "zoo_fooled_mean", "identity_kept", "ms_per_image")
@@ -79,18 +81,26 @@ def budget_frontier_figure(table: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
-def region_boxes(points: np.ndarray, side: int, size: int) -> dict[str, tuple[int, int, int, int]]:
+def region_boxes(image: torch.Tensor, points: np.ndarray, side: int) -> dict[str, tuple[int, int, int, int]]:
     """Square ``side`` px boxes (x0, y0, x1, y1) of a face's forehead (above the brows), left cheek
-    (between the jaw and the nose, under the eye) and hair (above the forehead, at the top of the chip),
-    from its 68 landmarks (crop pixels) inside a ``size`` px chip."""
+    (between the jaw and the nose, under the eye) and hair: the most textured window above the eyes (local
+    contrast of the clean chip, :func:`invisible_face.method.visibility.local_std`), hair where the chip
+    shows it, else the hairline or an edge, where the perceptual budget allows the most change.
+    image: 3 x S x S clean chip in [0, 1]; points: its 68 landmarks (chip pixels)."""
+    size = image.shape[-1]
     brows, eyes = points[17:27], points[36:42]
     half = side // 2
     clamp = lambda c: int(np.clip(round(c), half, size - half))
     forehead = (brows[:, 0].mean(), brows[:, 1].min() - 0.6 * side)
     cheek = ((points[2, 0] + points[31, 0]) / 2, (eyes[:, 1].max() + points[3, 1]) / 2 + 0.1 * side)
-    hair = (brows[:, 0].mean(), min(forehead[1] - side, half))
-    return {name: (clamp(x) - half, clamp(y) - half, clamp(x) + half, clamp(y) + half)
-            for name, (x, y) in (("forehead", forehead), ("cheek", cheek), ("hair", hair))}
+    boxes = {name: (clamp(x) - half, clamp(y) - half, clamp(x) + half, clamp(y) + half)
+             for name, (x, y) in (("forehead", forehead), ("cheek", cheek))}
+    stride = 4
+    texture = F.avg_pool2d(local_std(grey_levels(image[None])), side, stride)[0, 0]  # mean contrast per window
+    above = max(1, min(texture.shape[0], int((eyes[:, 1].min() - side) // stride) + 1))  # windows above the eyes
+    row, col = divmod(int(texture[:above].argmax()), texture.shape[1])
+    boxes["hair"] = (col * stride, row * stride, col * stride + side, row * stride + side)
+    return boxes
 
 
 def region_crops(clean: torch.Tensor, versions: dict[str, torch.Tensor], points: np.ndarray, path: str | Path,
@@ -102,7 +112,7 @@ def region_crops(clean: torch.Tensor, versions: dict[str, torch.Tensor], points:
 
     tiles = []
     for i, p in enumerate(points):
-        for x0, y0, x1, y1 in region_boxes(p, side, clean.shape[-1]).values():
+        for x0, y0, x1, y1 in region_boxes(clean[i], p, side).values():
             for image in [clean, *versions.values()]:
                 tiles.append(F.interpolate(image[i:i + 1, :, y0:y1, x0:x1], scale_factor=zoom, mode="nearest"))
     grid = torchvision.utils.make_grid(torch.cat(tiles), nrow=1 + len(versions), padding=4, pad_value=1.0)
