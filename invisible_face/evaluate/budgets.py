@@ -50,8 +50,7 @@ def budget_frontier_metrics(table: pd.DataFrame) -> dict[str, float | None]:
     out = {}
     for _, row in table.iterrows():
         prefix = f"frontier_{row['budget']}_ssim{round(100 * row['target'])}"
-        for k in [*FRONTIER_FIGURES[:-1], "ms_per_face"]:
-            v = row[k]
+        for k, v in row.drop(["budget", "target", "method"]).items():
             out[f"{prefix}_{k}"] = None if v is None or not np.isfinite(v) else float(v)
     return out
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from invisible_face.method.ldman import cap_rms
 from invisible_face.method.recompression import diverse_input
-from invisible_face.method.visibility import Projection
+from invisible_face.method.visibility import Projection, split_chroma
 from invisible_face.models.ensemble import SEP
 from invisible_face.models.margins import attribute_margins, set_margin_loss
 
@@ -72,13 +72,13 @@ def worst_margins(model: nn.Module, x: torch.Tensor, logits: dict[str, torch.Ten
     return margins
 
 
-def shape_step(grad: torch.Tensor, chroma_weight: float | torch.Tensor = 1.0, smooth: float = 0.0) -> torch.Tensor:
-    """A step direction people see less and JPEG keeps more: its chroma part (what is left after the
-    grey mean over channels) scaled by ``chroma_weight`` (one value, or B x 1 x H x W per pixel), then a
-    Gaussian blur of sigma ``smooth`` times the image side. B x 3 x H x W -> same."""
-    if isinstance(chroma_weight, torch.Tensor) or chroma_weight != 1.0:
-        luma = grad.mean(1, keepdim=True)
-        grad = luma + chroma_weight * (grad - luma)
+def shape_step(grad: torch.Tensor, chroma_weight: float = 1.0, smooth: float = 0.0) -> torch.Tensor:
+    """A step direction people see less and JPEG keeps more: its chroma part
+    (:func:`invisible_face.method.visibility.split_chroma`) scaled by ``chroma_weight``, then a Gaussian
+    blur of sigma ``smooth`` times the image side. B x 3 x H x W -> same."""
+    if chroma_weight != 1.0:
+        luma, chroma = split_chroma(grad)
+        grad = luma + chroma_weight * chroma
     sigma = smooth * max(grad.shape[-2:])
     if sigma >= 0.3:
         k = 2 * int(2 * sigma + 0.5) + 1

@@ -22,6 +22,8 @@ from collections.abc import Callable
 import kornia
 import torch
 
+from invisible_face.metrics import ssim
+
 Projection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -97,16 +99,12 @@ def box_of(mask: torch.Tensor) -> tuple[slice, slice]:
 
 
 def face_ssim(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """SSIM (11 x 11 Gaussian window) over the bounding box of each face mask: the visibility the
-    perceptual target holds and the evaluation reports. clean, protected: B x 3 x H x W; masks: B x 1 x H x W
-    -> B."""
-    out = []
-    for c, x, m in zip(clean, protected, masks):
-        rows, cols = box_of(m)
-        c, x = c[:, rows, cols][None], x[:, rows, cols][None]
-        window = min(11, *c.shape[-2:]) // 2 * 2 + 1 if min(c.shape[-2:]) < 11 else 11
-        out.append(kornia.metrics.ssim(c, x, window_size=window, max_val=1.0).mean())
-    return torch.stack(out)
+    """SSIM (:func:`invisible_face.metrics.ssim`) over the bounding box of each face mask: the visibility
+    the perceptual target holds and the evaluation reports.
+    clean, protected: B x 3 x H x W; masks: B x 1 x H x W -> B."""
+    boxes = [box_of(m) for m in masks]
+    return torch.cat([ssim(c[None, :, rows, cols], x[None, :, rows, cols])
+                      for c, x, (rows, cols) in zip(clean, protected, boxes)])
 
 
 def scale_to_face_ssim(images: torch.Tensor, delta: torch.Tensor, masks: torch.Tensor, target: float,
@@ -119,12 +117,12 @@ def scale_to_face_ssim(images: torch.Tensor, delta: torch.Tensor, masks: torch.T
     the target wins. images, delta: B x 3 x H x W; masks: B x 1 x H x W -> B x 3 x H x W."""
     allowed = 1 - target
     with torch.no_grad():
-        over = face_ssim(images, (images + delta).clamp(0, 1), masks) < target
+        loss = 1 - face_ssim(images, (images + delta).clamp(0, 1), masks)
+        over = loss > allowed
         if not over.any():
             return delta
-        x, d, m = images[over], delta[over], masks[over]
+        x, d, m, loss = images[over], delta[over], masks[over], loss[over]
         share, best = torch.ones(len(x)), torch.zeros(len(x))
-        loss = 1 - face_ssim(x, (x + d).clamp(0, 1), m)
         for _ in range(iterations):
             share = (share * (allowed / loss.clamp_min(1e-12)).sqrt() * (1 - slack / 4)).clamp(max=1.0)
             loss = 1 - face_ssim(x, (x + share.view(-1, 1, 1, 1) * d).clamp(0, 1), m)

@@ -255,7 +255,6 @@ class Protector:
         quality = pcfg["survive_jpeg_quality"]
         survive = survives(quality)
         through = None if quality is None or not rcfg["jpeg_gradient"] else (lambda x: jpeg_differentiable(x, quality))
-        vcfg = pcfg["visibility"]
         shape = lambda g: shape_step(g, rcfg["chroma_weight"], rcfg["smooth"])
         masks = [(mask, box)]
         if rcfg["crop_fallback"]:
@@ -269,7 +268,7 @@ class Protector:
             identity = lambda x: (self.face_member.embed(x) - clean).norm(dim=1)
         for tried, (mask, box) in enumerate(masks):
             chroma_bound = None if colour is None else pcfg["epsilon"] * colour * mask
-            project = perceptual_projection(mask, chroma_bound, vcfg["face_ssim"])
+            project = perceptual_projection(mask, chroma_bound, pcfg["visibility"]["face_ssim"])
             delta, fooled, logits, taken = refine_perturbation(
                 self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
                 rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"],
