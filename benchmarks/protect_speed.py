@@ -1,20 +1,21 @@
-"""ms per 200x200 face for the protector (median and p90 over faces; landmarks, mask, G with its DP,
-the check, the refinement fallback) next to a PGD baseline (PGD-10 by default: full image, same
-surrogate, same faces) in the same run, with both methods' MOSR, SSIM,
-PSNR and MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the
-surrogate; where the protector's time goes; and one surrogate forward + backward pass in the
-channels-last layout the protector loads against the plain NCHW layout. With ``--transfer``, both
-methods' written faces are also scored on the models the defender does not own: the zoo and the
-known-backbone adversary (the embedding adversary), as the evaluation scores them.
+"""ms per 200x200 face for the protector (landmarks, mask, G with its DP, the check, the batched
+refinement) at each batch size of ``--batches`` (faces protected together; batch 1 with bfloat16 off
+is the path before batches, the baseline, run first in the same process), next to a PGD baseline
+(PGD-10 by default: full image, same surrogate, same faces), with each method's MOSR, SSIM, PSNR and
+MOSR after a JPEG round trip at quality 75 (as platforms recompress uploads) on the surrogate; where
+the protector's time goes; and the ensemble's forward + backward pass per face by batch size in
+float32 and under bfloat16 autocast (where bfloat16 starts to pay: ``refine.bf16_min_batch``). With
+``--transfer``, the written faces are also scored on the models the defender does not own: the zoo
+and the known-backbone adversary (the embedding adversary), as the evaluation scores them.
 
-    python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 50]
-                                       [--split test] [--known-labels] [--no-pgd] [--pgd-steps 10]
-                                       [--set SECTION.KEY=JSON ...] [--transfer]
+    python benchmarks/protect_speed.py [--model artifacts/export/protector] [--faces 48]
+                                       [--batches 1,4,16] [--split test] [--known-labels] [--no-pgd]
+                                       [--pgd-steps 10] [--set SECTION.KEY=JSON ...] [--transfer]
 
 Faces are a seeded sample of the split. ``--known-labels`` tells the protector each face's true
 attributes (as the evaluation's ``invisible_face_known_labels``). ``--set`` overrides one of the
-export's settings (a dotted key of its config), e.g. ``--set refine.steps=8 --set 'refine.shrink=[]'
---set protect.visibility.budget='"uniform"'``: compare settings on ``--split val``, not on the test split,
+protector's settings (a dotted key of params ``protector``), e.g. ``--set refine.steps=8 --set
+'refine.shrink=[]' --set visibility.budget='"uniform"'``: compare settings on ``--split val``, not on the test split,
 with ``--no-pgd`` to skip the baseline. The figures also go to benchmarks/results/protect_speed.json.
 Face SSIM / PSNR and the texture ratio are on the chips' face
 masks (from the landmarks stage), as the evaluation scores them, with the colour change on smooth skin
@@ -24,7 +25,6 @@ masks (from the landmarks stage), as the evaluation scores them, with the colour
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -72,16 +72,20 @@ def time_parts(protector: Protector) -> dict[str, float]:
     return seconds
 
 
-def forward_backward_ms(model: torch.nn.Module, repeats: int = 30) -> float:
-    """ms of one surrogate forward + backward pass on one 200 px face crop."""
-    x = torch.rand(1, 3, 200, 200, requires_grad=True)
+def pass_ms_per_face(model: torch.nn.Module, batch: int, bf16: bool, repeats: int = 3) -> float:
+    """ms per face of one forward + backward pass of ``model`` on ``batch`` 200 px faces (float32, or
+    under bfloat16 autocast as the refinement's steps run)."""
+    x = torch.rand(batch, 3, 200, 200, requires_grad=True)
+
     def once():
-        torch.autograd.grad(sum(v.sum() for v in model(x).values()), x)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = model(x)
+        torch.autograd.grad(sum(v.float().sum() for v in out.values()), x)
     once()
     start = time.perf_counter()
     for _ in range(repeats):
         once()
-    return 1000 * (time.perf_counter() - start) / repeats
+    return 1000 * (time.perf_counter() - start) / repeats / batch
 
 
 def transfer(cfg: dict, written: dict[str, torch.Tensor], data: TestSet, surrogate: torch.nn.Module) -> None:
@@ -103,7 +107,8 @@ def transfer(cfg: dict, written: dict[str, torch.Tensor], data: TestSet, surroga
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(PROJECT_ROOT / "artifacts/export/protector"))
-    parser.add_argument("--faces", type=int, default=50)
+    parser.add_argument("--faces", type=int, default=48)
+    parser.add_argument("--batches", default="1,4,16", help="batch sizes timed (faces protected together)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--known-labels", action="store_true", help="tell the protector the true labels")
     parser.add_argument("--no-pgd", action="store_true", help="skip the PGD baseline")
@@ -118,11 +123,11 @@ def main() -> None:
     for item in args.set:
         key, value = item.split("=", 1)
         *sections, name = key.split(".")
-        section = protector.config
+        section = protector.settings
         for part in sections:
             section = section.get(part) if isinstance(section, dict) else None
         if not isinstance(section, dict) or name not in section:
-            parser.error(f"--set {key}: not a setting of the export's config")
+            parser.error(f"--set {key}: not one of the protector's settings")
         section[name] = json.loads(value)
     test = sample_rows(PROJECT_ROOT / "artifacts/validate/manifest.csv", [args.split], args.faces, cfg["seed"])
     chips = [np.array(Image.open(PROJECT_ROOT / cfg["data"]["image_dir"] / f).convert("RGB")) for f in test["file"]]
@@ -132,17 +137,28 @@ def main() -> None:
                        cfg["validate"]["expected_size"][0], clean.shape[-1], cfg["protector"]["mask"])
     print(f"{len(chips)} {args.split} faces (200x200), torch threads {torch.get_num_threads()}, "
           f"landmarks {protector.landmarks.name}, {'told the true labels' if args.known_labels else 'no labels'}, "
-          f"refine {json.dumps(protector.config['refine'])}")
+          f"refine {json.dumps(protector.settings['refine'])}")
 
+    told = [{k: int(v[i]) for k, v in labels.items()} for i in range(len(chips))] if args.known_labels else None
     protector.protect_chip(chips[0])  # warm-up
-    parts = time_parts(protector)
-    start = time.perf_counter()
-    results = [protector.protect_chip(c, {k: int(v[i]) for k, v in labels.items()} if args.known_labels else None)
-               for i, c in enumerate(chips)]
-    ours_ms = 1000 * (time.perf_counter() - start) / len(chips)
+    batches = [int(b) for b in args.batches.split(",")]
+    by_batch, outputs = {}, {}
+    for batch in batches:  # batch 1 with bfloat16 off: the path before batches, the baseline
+        at = protector.variant({"batch_size": batch} | ({"refine": {"bf16_min_batch": None}} if batch == 1 else {}))
+        parts = time_parts(at) if batch == max(batches) else None
+        start = time.perf_counter()
+        results = at.protect_chips(chips, told)
+        seconds = time.perf_counter() - start
+        by_batch[batch] = {"ms_per_face": 1000 * seconds / len(chips), "faces_per_s": len(chips) / seconds}
+        outputs[batch] = results
+        print(f"batch {batch:3d}: {by_batch[batch]['ms_per_face']:7.1f} ms a face, "
+              f"{by_batch[batch]['faces_per_s']:.2f} faces/s")
+    deployed = max(batches)
+    results = outputs[deployed]
+    ours_ms = by_batch[deployed]["ms_per_face"]
     ours = torch.stack([to_tensor(p) for p, _ in results])
     records = [r[0] for _, r in results]
-    face_ms = np.array([r.ms for r in records])
+    steps = np.array([r.steps for r in records])
 
     def scores(x):
         resnet = protector.generator_surrogate  # the white-box ResNet-18 (the ensemble's first member)
@@ -153,51 +169,47 @@ def main() -> None:
                 face["skin_delta_e"])
 
     pgd_name = f"PGD-{args.pgd_steps} (full)"
-    rows, written = {"Invisible-Face": (ours_ms, *scores(ours))}, {"Invisible-Face": ours}
+    one = torch.stack([to_tensor(p) for p, _ in outputs[min(batches)]])
+    rows = {f"Invisible-Face (batch {deployed})": (ours_ms, *scores(ours)),
+            f"Invisible-Face (batch {min(batches)})": (by_batch[min(batches)]["ms_per_face"], *scores(one))}
+    written = {f"batch {deployed}": ours, f"batch {min(batches)}": one}
     if not args.no_pgd:
         start = time.perf_counter()
         pgd = torch.cat([baseline_attack("pgd", protector.generator_surrogate, clean[i:i + 1],
                                          {k: v[i:i + 1] for k, v in labels.items()},
-                                         protector.config["protect"]["epsilon"], steps=args.pgd_steps)
+                                         protector.config["ldman"]["epsilon"], steps=args.pgd_steps)
                          for i in range(len(chips))])
         pgd_ms = 1000 * (time.perf_counter() - start) / len(chips)
         written[pgd_name] = (pgd * 255).round() / 255  # both saved as 8-bit images
         rows[pgd_name] = (pgd_ms, *scores(written[pgd_name]))
-    print(f"{'method':16s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s} "
+    print(f"{'method':26s} {'ms/face':>8s} {'MOSR':>6s} {'SSIM':>6s} {'PSNR':>6s} {'JPEG75':>6s} "
           f"{'faceSSIM':>8s} {'facePSNR':>8s} {'texture':>7s} {'skinΔE':>6s}")
     for name, (ms, m, s_, p_, j, fs, fp, t, de) in rows.items():
-        print(f"{name:16s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f} {fs:8.3f} {fp:8.2f} {t:7.3f} {de:6.2f}")
+        print(f"{name:26s} {ms:8.1f} {m:6.3f} {s_:6.3f} {p_:6.2f} {j:6.3f} {fs:8.3f} {fp:8.2f} {t:7.3f} {de:6.2f}")
     if args.transfer:
         transfer(cfg, written, TestSet(clean, labels), protector.generator_surrogate)
-    print(f"protector per face: median {np.median(face_ms):.1f} ms, p90 {np.percentile(face_ms, 90):.1f} ms")
+    print(f"refinement steps a face: mean {steps.mean():.2f} (batch {deployed})")
+    passes = {kind: {b: pass_ms_per_face(protector.surrogate, b, kind == "bfloat16") for b in (1, 4, 8, 16)}
+              for kind in ("float32", "bfloat16")}
+    print("ensemble forward + backward, ms a face by batch: " + "; ".join(
+        f"{b}: float32 {passes['float32'][b]:.1f}, bf16 {passes['bfloat16'][b]:.1f}" for b in passes["float32"]))
     names = ("ms_per_face_mean", "mosr", "ssim", "psnr", "mosr_after_jpeg75", "face_ssim", "face_psnr",
              "texture_ratio", "skin_delta_e")
     write_results("protect_speed", {
         "model": args.model, "split": args.split, "faces": len(chips), "settings": args.set,
-        "known_labels": args.known_labels, "ms_per_face_median": float(np.median(face_ms)),
-        "ms_per_face_p90": float(np.percentile(face_ms, 90)),
+        "known_labels": args.known_labels, "batch_size": deployed,
+        "faces_per_s": by_batch[deployed]["faces_per_s"],
+        "ms_per_face_by_batch": {str(b): v["ms_per_face"] for b, v in by_batch.items()},
+        "faces_per_s_by_batch": {str(b): v["faces_per_s"] for b, v in by_batch.items()},
+        "refine_steps_mean": float(steps.mean()),
         "paths": {p: int(sum(r.path == p for r in records)) for p in PATHS},
+        "pass_ms_per_face": {k: {str(b): v for b, v in d.items()} for k, d in passes.items()},
         "methods": {name: dict(zip(names, values)) for name, values in rows.items()}})
-    for path in PATHS:
-        taken = face_ms[[r.path == path for r in records]]
-        if len(taken):
-            print(f"  {path}: {len(taken)} faces, median {np.median(taken):.1f} ms")
     if not args.no_pgd:
         print(f"(PGD attacks the true labels; the protector is {'' if args.known_labels else 'not '}told them)")
         print(f"speed ratio {pgd_name} / ours: {rows[pgd_name][0] / ours_ms:.1f}x")
-    print("where the protector's time goes (ms/face): "
+    print(f"where the protector's time goes at batch {deployed} (ms/face): "
           + ", ".join(f"{k} {1000 * v / len(chips):.1f}" for k, v in parts.items()))
-    resnet = protector.generator_surrogate
-    nchw = copy.deepcopy(resnet).to(memory_format=torch.contiguous_format)
-    loaded, plain = forward_backward_ms(resnet), forward_backward_ms(nchw)
-    print(f"ResNet-18 forward + backward on one face: channels-last {loaded:.1f} ms, NCHW {plain:.1f} ms "
-          f"({plain / loaded:.2f}x)")
-    if protector.face_member is not None:
-        face = protector.face_member
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = forward_backward_ms(face, 10)
-        print(f"face-backbone surrogate forward + backward on one face (alignment included): float32 "
-              f"{forward_backward_ms(face, 10):.1f} ms, bf16 autocast {bf16:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -4,17 +4,19 @@
     python benchmarks/serve_load.py --model artifacts/export/protector
     python benchmarks/serve_load.py --tiny --kill-replica   # kill the model replica mid-load
 
-N client threads POST photos (round robin, downscaled to --max-side) to /protect until --requests
-are done or --duration seconds pass: by default photos composed from the dataset's UTKFace chips
-(invisible_face.data.synthetic_photos, 0 to 2 faces each), or the in-the-wild photos of --photos
-DIR. Each phase deploys the app from serving/config.yaml; the batching gain compares the config's
-max_batch_size with max_batch_size 1 in the same run. --kill-replica SIGKILLs the worker process of
+N client threads (each sends its next photo when the last one is answered) POST photos (round robin,
+downscaled to --max-side) to /protect until --requests are done or --duration seconds pass: by
+default group photos of 1 to 4 faces composed from the dataset's UTKFace chips
+(invisible_face.data.synthetic_photos.GROUP_LAYOUTS), or the in-the-wild photos of --photos DIR.
+Each phase deploys the app from serving/config.yaml: first the baseline, max_batch_size 1 at the
+largest client count, then the config's batching at each client count of --clients (the load curve
+the config's batch size and wait are set from). --kill-replica SIGKILLs the worker process of
 a ProtectorModel replica (its pid from /healthz before the load; what an out-of-memory kill does) a
 few seconds into the load and reports when Serve replaced it, how the requests in flight at the kill
 ended (the ingress retries a call whose replica died once, so none should fail), and how many
 requests were retried (``X-Retried: 1``, and the ingress's counts in /healthz). Results are printed,
 not asserted; a load run's figures also go to benchmarks/results/serve_load.json (serve_load_tiny.json
-with --tiny): faces/s, photos/s, p50 and p99 in seconds and the errors of each max_batch_size.
+with --tiny): faces/s, photos/s, p50 and p99 in seconds and the errors of each phase.
 """
 
 import argparse
@@ -65,12 +67,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deploy(model: Path, max_batch_size: int, replicas: int) -> None:
+def deploy(model: Path, max_batch_size: int | None, replicas: int) -> None:
+    """The app of serving/config.yaml on ``model``, with ``max_batch_size`` photos a batch (None: the config's)."""
     from ray import serve
 
     from serving.app import from_config
 
-    app, _ = from_config(args={"model": str(model), "max_batch_size": max_batch_size},
+    app, _ = from_config(args={"model": str(model)} | ({"max_batch_size": max_batch_size} if max_batch_size else {}),
                          options={"ProtectorModel": {"num_replicas": replicas}})
     serve.run(app, name="invisible-face", route_prefix="/")
 
@@ -146,7 +149,7 @@ def main() -> None:
     parser.add_argument("--photos", help="a folder of in-the-wild photos "
                         "(default: photos composed from the dataset's chips)")
     parser.add_argument("--max-side", type=int, default=640, help="downscale photos to this side (0: as is)")
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", default="1,4,8", help="client counts of the load curve")
     parser.add_argument("--requests", type=int, default=48, help="per phase")
     parser.add_argument("--duration", type=float, default=90.0, help="seconds per phase at most")
     parser.add_argument("--timeout", type=float, default=150.0, help="client timeout: past it a request 'hung'")
@@ -157,7 +160,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from invisible_face.data.synthetic_photos import write_photos
+    from invisible_face.data.synthetic_photos import GROUP_LAYOUTS, write_photos
     from invisible_face.params import load_params
     from invisible_face.protect.protector import untrained_export
 
@@ -169,7 +172,8 @@ def main() -> None:
         config = yaml.safe_load((ROOT / "serving" / "config.yaml").read_text())["applications"][0]["args"]
         params = load_params(ROOT / "params.yaml")
         model = untrained_export(tmp / "protector", params) if args.tiny else Path(args.model or config["model"])
-        folder = Path(args.photos) if args.photos else write_photos(ROOT / params["data"]["image_dir"], tmp / "photos")
+        folder = Path(args.photos) if args.photos else write_photos(ROOT / params["data"]["image_dir"], tmp / "photos",
+                                                                     GROUP_LAYOUTS)
         photos = load_photos(folder, args.max_side)
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -177,21 +181,31 @@ def main() -> None:
         print(f"model {model}; {len(photos)} photos (longer side <= {args.max_side or 'any'}); "
               f"{args.clients} clients; {args.requests} requests or {args.duration:.0f} s per phase; "
               f"{args.replicas} model replica(s); {os.cpu_count()} CPUs")
-        batched = int(config["max_batch_size"])
+        batched, curve = int(config["max_batch_size"]), [int(c) for c in args.clients.split(",")]
         phases = {}
-        for size in ([batched] if args.kill_replica else [1, batched]):
-            deploy(model, size, args.replicas)
-            requests.post(url + "/protect", files={"file": photos[0]}, timeout=args.timeout)  # warm
-            model_info = requests.get(url + "/healthz", timeout=30).json()
-            print(f"model replica: torch threads {model_info.get('torch_threads')}", flush=True)
+        # the baseline (one photo a batch, at the most clients), then the config's batching at each client count
+        plan = [(batched, max(curve))] if args.kill_replica else [(1, max(curve))] + [(None, c) for c in curve]
+        deployed = "none"
+        for size, clients in plan:
+            if size != deployed:
+                deploy(model, size, args.replicas)
+                requests.post(url + "/protect", files={"file": photos[0]}, timeout=args.timeout)  # warm
+                model_info = requests.get(url + "/healthz", timeout=30).json()
+                print(f"model replica: torch threads {model_info.get('torch_threads')}, "
+                      f"max_batch_size {model_info.get('max_batch_size')}, "
+                      f"wait {model_info.get('batch_wait_timeout_s')} s", flush=True)
+                deployed = size
             if not args.kill_replica:
-                result = run_load(url, photos, args.clients, args.requests, args.duration, args.timeout)
-                show(f"max_batch_size {size}", result)
-                phases[f"max_batch_size_{size}"] = {
+                result = run_load(url, photos, clients, args.requests, args.duration, args.timeout)
+                name = f"clients_{clients}_max_batch_size_{size or batched}"
+                show(name, result)
+                phases[name] = {
+                    "clients": clients, "max_batch_size": size or batched,
                     "faces_per_s": result["faces_per_s"], "photos_per_s": result["throughput_rps"],
                     "p50_s": None if result["p50_ms"] is None else result["p50_ms"] / 1000,
                     "p99_s": None if result["p99_ms"] is None else result["p99_ms"] / 1000,
-                    "errors": sum(result["errors"].values()), "requests": result["requests"]}
+                    "errors": sum(result["errors"].values()), "requests": result["requests"],
+                    "batch_sizes": {str(k): v for k, v in result["batch_sizes"].items()}}
                 if size == 1:
                     base = result
                 continue
@@ -213,7 +227,7 @@ def main() -> None:
 
             thread = threading.Thread(target=killer)
             thread.start()
-            result = run_load(url, photos, args.clients, args.requests, args.duration, args.timeout)
+            result = run_load(url, photos, max(curve), args.requests, args.duration, args.timeout)
             thread.join()
             show(f"kill replica (b={size})", result)
             print(f"killed {killed.get('name')}; " + (
@@ -234,11 +248,14 @@ def main() -> None:
             print(f"/healthz after the kill: {health.status_code} replica {body.get('replica')} "
                   f"(pid {body.get('pid')}), ingress retries {body.get('ingress')}")
         if not args.kill_replica:
-            gain = result["throughput_rps"] / base["throughput_rps"] if base["throughput_rps"] else float("nan")
-            print(f"batching gain (max_batch_size {batched} vs 1): {gain:.2f}x throughput")
+            top = phases[f"clients_{max(curve)}_max_batch_size_{batched}"]
+            gain = top["faces_per_s"] / base["faces_per_s"] if base["faces_per_s"] else float("nan")
+            print(f"batching gain at {max(curve)} clients (max_batch_size {batched} vs 1): {gain:.2f}x faces/s")
             write_results("serve_load_tiny" if args.tiny else "serve_load",
-                          {"model": str(model), "clients": args.clients, "replicas": args.replicas,
-                           "photos": len(photos), "phases": phases, "batching_gain": gain})
+                          {"model": str(model), "clients": curve, "replicas": args.replicas,
+                           "photos": len(photos), "faces_per_photo": "1-4" if not args.photos else "as found",
+                           "max_batch_size": batched, "batch_wait_timeout_s": config["batch_wait_timeout_s"],
+                           "phases": phases, "batching_gain": gain})
     finally:
         serve.shutdown()
         ray.shutdown()

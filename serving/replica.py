@@ -2,12 +2,12 @@
 
 It loads the export once (a local stem, or a version of the MLflow registry: ``resolve_model``) and
 protects photos. Concurrent requests are gathered by ``@serve.batch`` into one call (up to
-``max_batch_size`` photos). What batching buys here is honest but modest: the photos of a batch then
-run one after the other through ``Protector.protect`` on the replica's one torch thread (each face is
-protected at its own resolution, so face tensors of different sizes are not stacked into one forward
-pass). The batch keeps one protection running per replica at a time (no thread oversubscription on
-small machines) and leaves the replica's event loop free for health checks. The batch size each
-request rode in comes back in the ``X-Batch-Size`` header, and ``/healthz`` counts the sizes seen.
+``max_batch_size`` photos), and the faces of all those photos are protected together
+(``Protector.protect_photos``: every face in one working frame, so faces from different requests share
+each forward and backward pass, ``protector.batch_size`` faces at a time). One batch runs per replica
+at a time, on the replica's one torch thread (no thread oversubscription on small machines), which
+leaves the replica's event loop free for health checks. The batch size each request rode in comes
+back in the ``X-Batch-Size`` header, and ``/healthz`` counts the sizes seen.
 """
 
 import asyncio
@@ -70,7 +70,7 @@ class ProtectorModel:
         self.torch_thread = ThreadPoolExecutor(1, thread_name_prefix="protector")
         self.protector = self.torch_thread.submit(Protector.load, resolve_model(model, mlflow_tracking_uri)).result()
         # each strength preset once, sharing the networks; a request picks one by name
-        self.presets = {name: self.protector.with_strength(name) for name in self.protector.config["strengths"]}
+        self.presets = {name: self.protector.with_strength(name) for name in self.protector.settings["strengths"]}
         self.set_batching(max_batch_size, batch_wait_timeout_s)
         self.batch_sizes: Counter[int] = Counter()
         # warm-up: one aligned chip through every step (landmarks, region, DP, G), so the first
@@ -113,12 +113,24 @@ class ProtectorModel:
     def _protect_all(self, requests: list[tuple[np.ndarray, str | None]]) -> list[dict[str, Any]]:
         from invisible_face.protect.protector import records_as_dicts
 
-        results = []
-        for rgb, strength in requests:  # one failing photo must not fail the others of its batch
+        results: list[dict[str, Any]] = [{} for _ in requests]
+        by_strength: dict[str | None, list[int]] = {}
+        for i, (_, strength) in enumerate(requests):
+            by_strength.setdefault(strength, []).append(i)
+        for strength, group in by_strength.items():  # the faces of each preset's photos in one batch
+            protector = self.presets[strength] if strength else self.protector
             try:
-                protector = self.presets[strength] if strength else self.protector
-                out, records = protector.protect(np.ascontiguousarray(rgb))
-                results.append({"rgb": out, "faces": records_as_dicts(records), "batch_size": len(requests)})
-            except Exception as err:  # noqa: BLE001 - reported to that request only
-                results.append({"error": f"{type(err).__name__}: {err}"})
+                done = protector.protect_photos([np.ascontiguousarray(requests[i][0]) for i in group])
+            except Exception:  # noqa: BLE001 - find the failing photo: one at a time, so the others still pass
+                done = [self._protect_one(protector, requests[i][0]) for i in group]
+            for i, answer in zip(group, done):
+                results[i] = answer if isinstance(answer, dict) else {
+                    "rgb": answer[0], "faces": records_as_dicts(answer[1]), "batch_size": len(requests)}
         return results
+
+    @staticmethod
+    def _protect_one(protector: Any, rgb: np.ndarray) -> tuple | dict[str, Any]:
+        try:
+            return protector.protect(np.ascontiguousarray(rgb))
+        except Exception as err:  # noqa: BLE001 - reported to that request only
+            return {"error": f"{type(err).__name__}: {err}"}

@@ -26,9 +26,9 @@ def _points(size: int = 200) -> np.ndarray:
 
 def test_uniform_points_drop_the_colour_bound_and_names_say_budget_and_target():
     assert point_name("perceptual", 0.95) == "invisible_face_perceptual_ssim95"
-    assert budget_override("uniform", 0.93) == {"protect": {"visibility": {"budget": "uniform", "face_ssim": 0.93,
-                                                                           "chroma_share": None}}}
-    assert "chroma_share" not in budget_override("perceptual", 0.97)["protect"]["visibility"]
+    assert budget_override("uniform", 0.93) == {"visibility": {"budget": "uniform", "face_ssim": 0.93,
+                                                               "chroma_share": None}}
+    assert "chroma_share" not in budget_override("perceptual", 0.97)["visibility"]
 
 
 def test_frontier_table_and_metrics_hold_every_point_that_ran(tmp_path):

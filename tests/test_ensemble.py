@@ -4,7 +4,7 @@ is fooled; keep_identity bounding an embedding's move (toy models)."""
 import torch
 from torch import nn
 
-from invisible_face.method.refine import refine_perturbation, shrink_perturbation
+from invisible_face.method.refine import RefineSettings, refine_perturbation, shrink_perturbation
 from invisible_face.models.ensemble import SurrogateEnsemble, first_member_calls, surrogate_from_state
 
 
@@ -53,8 +53,8 @@ def test_protected_only_when_every_member_is_fooled():
     mask = torch.ones(len(x), 1, 24, 24)
     with torch.no_grad():
         first_sets = one_hot_calls(first(x))
-    delta, fooled_first, _, _ = refine_perturbation(first, x, torch.zeros_like(x), mask, first_sets, 0.1, steps=40,
-                                                 step_size=0.25, stop_margin=0.5)
+    delta, fooled_first, _, _ = refine_perturbation(first, x, torch.zeros_like(x), mask, first_sets,
+                                                    RefineSettings(0.1, steps=40, step_size=0.25, stop_margin=0.5))
     assert fooled_first.all()
     sets = ensemble.member_classes(x, first_sets, cover=0.95)
     assert sorted(sets) == ["a", "b", "face/a", "face/b"]
@@ -64,8 +64,8 @@ def test_protected_only_when_every_member_is_fooled():
     # the ensemble's check agrees with "every member fooled", and is stricter than the first member's
     assert (ok <= fooled_first).all() and (ok <= second_fooled).all()
     assert not ok.all()
-    delta, fooled, logits, _ = refine_perturbation(ensemble, x, torch.zeros_like(x), mask, sets, 0.1, steps=60,
-                                                step_size=0.25, stop_margin=0.5)
+    delta, fooled, logits, _ = refine_perturbation(ensemble, x, torch.zeros_like(x), mask, sets,
+                                                   RefineSettings(0.1, steps=60, step_size=0.25, stop_margin=0.5))
     with torch.no_grad():
         after = ensemble(x + delta)
     for i in torch.nonzero(fooled)[:, 0]:
@@ -87,18 +87,20 @@ def test_keep_identity_bounds_the_embeddings_move():
     mask = torch.ones(len(x), 1, 24, 24)
     with torch.no_grad():
         sets, clean = one_hot_calls(model(x)), model.embed(x)
-    distance = lambda y: (model.embed(y) - clean).norm(dim=1)
+    everyone = torch.arange(len(x))
+    # (faces, their positions in the batch) -> distances from their own clean embeddings
+    distance = lambda y, index: (model.embed(y) - clean[index]).norm(dim=1)
     args = dict(epsilon=0.2, steps=40, step_size=0.25, stop_margin=0.5, push_margin=3.0)
-    free, free_fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, **args)
-    bound = 0.5 * distance(x + free).min().item()  # the free push moves every face further than this
-    kept, kept_fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, identity=distance,
-                                               identity_bound=bound, **args)
+    free, free_fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets, RefineSettings(**args))
+    bound = 0.5 * distance(x + free, everyone).min().item()  # the free push moves every face further than this
+    kept, kept_fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, sets,
+                                                  RefineSettings(**args, identity_bound=bound), identity=distance)
     assert free_fooled.any()
     with torch.no_grad():
-        moved = distance(x + kept)
+        moved = distance(x + kept, everyone)
     # every face reported fooled kept its identity; the bound holds where the steps could keep it
     assert (moved[kept_fooled] < bound).all()
-    assert moved.mean() < distance(x + free).mean()
+    assert moved.mean() < distance(x + free, everyone).mean()
 
 
 def test_ensemble_round_trips_through_its_config_and_state():

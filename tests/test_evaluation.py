@@ -211,29 +211,37 @@ def test_baselines_are_read_at_the_protectors_psnr_without_extrapolation():
 
 
 class _FakeProtector:
-    """What the evaluation calls of a Protector: ``config``, ``variant``, ``with_strength``, ``protect_chip``."""
+    """What the evaluation calls of a Protector: ``settings`` (params ``protector``), ``variant``,
+    ``with_strength``, ``protect_chips``."""
 
-    def __init__(self, config: dict, calls: list | None = None):
-        self.config, self.calls = config, [] if calls is None else calls
+    def __init__(self, settings: dict, calls: list | None = None, batches: list | None = None):
+        self.settings = settings
+        self.calls = [] if calls is None else calls  # each chip's labels (None: not told)
+        self.batches = [] if batches is None else batches  # the chips of each protect_chips call
 
     def variant(self, override: dict) -> "_FakeProtector":
         from invisible_face.params import deep_merge
 
-        return _FakeProtector(deep_merge(self.config, override), self.calls)
+        return _FakeProtector(deep_merge(self.settings, override), self.calls, self.batches)
 
     def with_strength(self, name: str) -> "_FakeProtector":
-        return self.variant(self.config["strengths"][name] or {})
+        return self.variant(self.settings["strengths"][name] or {})
 
-    def protect_chip(self, image: np.ndarray, labels: dict | None = None):
-        self.calls.append(labels)
-        return 255 - image, [f"record {len(self.calls)}"]
+    def protect_chips(self, images: list[np.ndarray], labels: list[dict] | None = None):
+        assert labels is None or len(labels) == len(images)
+        self.batches.append(len(images))
+        out = []
+        for i, image in enumerate(images):
+            self.calls.append(None if labels is None else labels[i])
+            out.append((255 - image, [f"record {len(self.calls)}"]))
+        return out
 
 
-def _protector_config() -> dict:
-    return {"protect": {"visibility": {"budget": "perceptual", "face_ssim": 0.95, "chroma_share": 0.5}},
+def _protector_settings() -> dict:
+    return {"visibility": {"budget": "perceptual", "face_ssim": 0.95, "chroma_share": 0.5},
             "refine": {"steps": 14},
-            "strengths": {"light": {"protect": {"visibility": {"face_ssim": 0.97}}}, "standard": {},
-                          "strong": {"protect": {"visibility": {"face_ssim": 0.93}}}}}
+            "strengths": {"light": {"visibility": {"face_ssim": 0.97}}, "standard": {},
+                          "strong": {"visibility": {"face_ssim": 0.93}}}}
 
 
 def test_protector_method_protects_each_chip_and_is_told_the_labels_only_when_asked():
@@ -245,6 +253,7 @@ def test_protector_method_protects_each_chip_and_is_told_the_labels_only_when_as
     out = protector_method(protector, records=records)(images, labels)
     assert out.shape == images.shape and torch.allclose(out, 1 - images, atol=1 / 255)  # the fake inverts
     assert protector.calls == [None, None] and records == ["record 1", "record 2"]
+    assert protector.batches == [2]  # the chips go in one batched call
     protector_method(protector, known_labels=True)(images, labels)
     assert protector.calls[2:] == [{"a": 1, "b": 2}, {"a": 0, "b": 1}]
 
@@ -253,7 +262,7 @@ def test_a_budget_frontier_point_with_a_presets_config_reuses_that_presets_run()
     from invisible_face.evaluate.methods import protector_methods
 
     frontier = {"budgets": ["uniform", "perceptual"], "targets": [0.93, 0.95, 0.97]}
-    found = protector_methods(_FakeProtector(_protector_config()), ["invisible_face_g_only"], frontier)
+    found = protector_methods(_FakeProtector(_protector_settings()), ["invisible_face_g_only"], frontier)
     # the perceptual budget at 0.95 is the deployed config (its run on the variants' chips), 0.93 and 0.97 the presets
     assert found.points == {("uniform", 0.93): "invisible_face_uniform_ssim93",
                             ("uniform", 0.95): "invisible_face_uniform_ssim95",
@@ -288,7 +297,7 @@ def test_evaluation_methods_put_the_baselines_after_the_protectors_each_at_its_b
     cfg = {"ldman": {"epsilon": 8 / 255, "kappa": 0.5},
            "evaluate": {"variants": [], "budget_frontier": {"budgets": [], "targets": []}, "baselines": ["pgd"],
                         "frontier": {"baselines": ["pgd"], "epsilons": [4]}, "baseline_steps": 3}}
-    found = methods_module.evaluation_methods(_FakeProtector(_protector_config()), None, cfg)
+    found = methods_module.evaluation_methods(_FakeProtector(_protector_settings()), None, cfg)
     assert list(found.methods)[-2:] == ["pgd", "pgd_eps4"] and found.budgets == {"pgd": 8 / 255, "pgd_eps4": 4 / 255}
     for name in ("pgd", "pgd_eps4"):
         found.methods[name](torch.rand(1, 3, 4, 4), {})
@@ -335,7 +344,12 @@ def test_run_all_scores_every_method_on_its_chips_and_attacks_the_named_ones(cap
     data = TestSet(torch.rand(6, 3, 16, 16), {"a": torch.tensor([0, 1, 0, 1, 0, 1])})
     variant_data = data.head(2)
     records: list = []
-    deployed = lambda x, y: records.extend(["r"] * len(x)) or (x * 0.9)
+
+    def deployed(x, y):  # a record per face, each with its ms (its share of its batch's time)
+        start = len(records)
+        records.extend([SimpleNamespace(ms=100.0 + start + i) for i in range(len(x))])
+        return x * 0.9
+
     methods = Methods({"invisible_face": deployed, "invisible_face_light": lambda x, y: x * 0.95,
                        "pgd": lambda x, y: x * 0.8, "pgd_eps2": lambda x, y: x * 0.99}, records)
     judges = SimpleNamespace(surrogate=_Brightness(), zoo={"zoo": _Brightness()},
@@ -350,8 +364,10 @@ def test_run_all_scores_every_method_on_its_chips_and_attacks_the_named_ones(cap
     chips = {name: row["chips"] for name, row in run.results.items()}
     assert chips == {"invisible_face_variant_chips": 2, "invisible_face": 6, "invisible_face_light": 2, "pgd": 6,
                      "pgd_eps2": 6}
-    assert np.isnan(run.results["invisible_face_variant_chips"]["ms_per_image"])
-    assert run.test_records == ["r"] * 6 and len(records) == 10  # the attacker's own chips came after
+    # the deployed protector's time on the variants' chips: its records' ms on those first chips
+    assert run.results["invisible_face_variant_chips"]["ms_per_image"] == 100.5
+    assert [r.ms for r in run.test_records] == [100.0 + i for i in range(6)]
+    assert len(records) == 10  # the attacker's own chips came after
     assert {"mosr_after_jpeg75", "mosr_after_dncnn", "mosr_zoo_after_dncnn"} <= set(run.robust["pgd"])
     assert "mosr_after_dncnn" not in run.robust["invisible_face_light"] and "mosr_after_dncnn" in run.robust[
         "invisible_face"]

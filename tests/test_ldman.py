@@ -230,9 +230,9 @@ def spy_refinement(monkeypatch):
     calls = []  # per call: the sets it steered away from and the steps it took (its first check is G's)
     real = protector_module.refine_perturbation
 
-    def spy(*args, **kw):
-        result = real(*args, **kw)
-        calls.append({"classes": args[4], "steps": int(result[3][0])})
+    def spy(model, images, delta, mask, classes, settings, budget=None, project=None, identity=None):
+        result = real(model, images, delta, mask, classes, settings, budget, project, identity)
+        calls.append({"classes": classes, "steps": int(result[3][0])})
         return result
 
     monkeypatch.setattr(protector_module, "refine_perturbation", spy)
@@ -248,12 +248,14 @@ def test_a_face_the_generator_protects_gets_no_refinement_step(ldman_env, tmp_pa
     brightening = Protector(config, constant_generator(cfg, 10.0), toy)
     out, records = brightening.protect_chip(chip)
     assert [c["steps"] for c in spy_refinement] == [0] and records[0].path == "generator"
+    assert records[0].steps == 0  # the record says so too
     assert records[0].predicted_before == {k: 0 for k in ATTRS} and records[0].predicted_after == {k: 1 for k in ATTRS}
-    assert 0 < np.abs(out.astype(int) - chip.astype(int)).max() <= round(255 * config["protect"]["epsilon"]) + 1
+    assert 0 < np.abs(out.astype(int) - chip.astype(int)).max() <= round(255 * config["ldman"]["epsilon"]) + 1
 
     darkening = Protector(config, constant_generator(cfg, -10.0), toy)  # pushes the wrong way: G fails
     _, records = darkening.protect_chip(chip)
     assert spy_refinement[1]["steps"] > 0 and records[0].path in ("refined", "not_protected")
+    assert records[0].steps == sum(c["steps"] for c in spy_refinement[1:])  # every pass's steps, the fallback's too
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -353,7 +355,7 @@ def test_the_sets_are_the_given_labels_or_the_plausible_classes_with_the_exports
     cfg["directions"]["cover"] = 0.6  # not the default, so the export's own cover is what is checked
     cfg["protector"]["refine"].update(stop_margin=100.0, steps=1, crop_fallback=False)  # G never suffices
     protector = Protector.load(export_protector(tmp_path / "p", small_generator(cfg), ldman_env["surrogate"], cfg))
-    assert protector.config["protect"]["cover"] == 0.6
+    assert protector.config["directions"]["cover"] == 0.6
     to_g = []
     real = protector_module.generator_protect
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from invisible_face.models.margins import attribute_margins, plausible_classes, set_margin, set_margin_loss
+from invisible_face.models.margins import attribute_margins, plausible_classes, protected, set_margin, set_margin_loss
 
 
 def test_plausible_classes_cover_the_probability_and_never_all():
@@ -23,6 +23,14 @@ def test_attribute_margins_stack_one_column_per_attribute_in_the_sets_order():
     logits = {"a": torch.tensor([[2.0, 0.0], [0.0, 1.0]]), "b": torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 0.0]])}
     classes = {"b": torch.tensor([[True, False, False]] * 2), "a": torch.tensor([[True, False]] * 2)}
     assert attribute_margins(logits, classes).tolist() == [[-5.0, 2.0], [3.0, -1.0]]
+
+
+def test_protected_needs_every_attribute_strictly_past_the_margin():
+    margins = torch.tensor([[-2.0, -3.0], [-2.0, 0.5], [-1.0, -4.0], [-1.5, -1.01]])
+    assert protected(margins, 1.0).tolist() == [True, False, False, True]  # -1.0 is not past a margin of 1
+    assert protected(margins, 0.0).tolist() == [True, False, True, True]
+    assert protected(margins, 5.0).tolist() == [False] * 4
+    assert protected(margins, 1.0).dtype == torch.bool and protected(torch.zeros(0, 2), 1.0).shape == (0,)
 
 
 def test_set_margin_loss_floors_each_attribute_at_minus_cap_and_sums():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from invisible_face.method.recompression import POST_PROCESSING, jpeg, jpeg_differentiable, random_recompression
-from invisible_face.method.refine import refine_perturbation, shape_step
+from invisible_face.method.refine import RefineSettings, refine_perturbation, shape_step
 from invisible_face.models.margins import attribute_margins, plausible_classes
 from invisible_face.protect.protector import Protector
 
@@ -86,10 +86,11 @@ def test_with_survive_jpeg_every_face_called_protected_survives_a_pillow_round_t
     images = smooth_images(8, 64, seed=1)
     with torch.no_grad():
         classes = {k: plausible_classes(v, 0.95) for k, v in model(images).items()}
-    survive = None if quality is None else (lambda x: jpeg(x, quality))
-    through = None if quality is None else (lambda x: jpeg_differentiable(x, quality))
+    # the survive round trip is a Pillow JPEG at that quality, and the steps follow a differentiable one
+    settings = RefineSettings(8 / 255, steps=30, step_size=0.3, stop_margin=1.0, shrink=(0.6, 0.8),
+                              survive_jpeg_quality=quality, jpeg_gradient=quality is not None)
     delta, fooled, _, _ = refine_perturbation(model, images, torch.zeros_like(images), torch.ones(8, 1, 64, 64),
-                                           classes, 8 / 255, 30, 0.3, 1.0, (0.6, 0.8), survive, through)
+                                              classes, settings)
     assert fooled.sum() >= 6
     written = ((images + delta) * 255).round() / 255
     with torch.no_grad():
@@ -102,16 +103,17 @@ def test_with_survive_jpeg_every_face_called_protected_survives_a_pillow_round_t
 
 def test_strength_presets_change_the_settings_and_unknown_ones_are_refused(tiny_protector):
     protector = Protector.load(tiny_protector)
-    presets = protector.config["strengths"]
+    presets = protector.settings["strengths"]
     assert set(presets) == {"light", "standard", "strong"}
     assert protector.with_strength("standard").config == protector.config
+    assert protector.with_strength("standard").settings == protector.settings
     strong = protector.with_strength("strong")
     # the presets are points on the perceptual budget's line: face-SSIM targets, lower for strong
-    strong_target = strong.config["protect"]["visibility"]["face_ssim"]
-    assert strong_target == presets["strong"]["protect"]["visibility"]["face_ssim"]
-    assert strong_target < protector.config["protect"]["visibility"]["face_ssim"]
-    assert strong.config["protect"]["visibility"]["budget"] == protector.config["protect"]["visibility"]["budget"]
+    strong_target = strong.settings["visibility"]["face_ssim"]
+    assert strong_target == presets["strong"]["visibility"]["face_ssim"]
+    assert strong_target < protector.settings["visibility"]["face_ssim"]
+    assert strong.settings["visibility"]["budget"] == protector.settings["visibility"]["budget"]
     assert strong.surrogate is protector.surrogate and strong.landmarks is protector.landmarks  # nothing reloaded
-    assert protector.with_strength("light").config["protect"]["visibility"]["face_ssim"] > strong_target
+    assert protector.with_strength("light").settings["visibility"]["face_ssim"] > strong_target
     with pytest.raises(ValueError, match="unknown strength 'max'"):
         protector.with_strength("max")

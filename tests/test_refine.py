@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from invisible_face.method.refine import push_target, refine_perturbation, shrink_perturbation
+from invisible_face.method.refine import RefineSettings, push_target, refine_perturbation, shrink_perturbation
 from invisible_face.method.regions import rect_masks
 from invisible_face.models.margins import set_margin
 
@@ -28,8 +28,8 @@ def test_refine_fools_within_the_budget_and_the_mask():
     classes = {k: nn.functional.one_hot(v.argmax(1), v.shape[1]).bool() for k, v in logits.items()}
     mask = rect_masks(torch.tensor([[4.0, 4.0, 20.0, 20.0]] * 4), 24, 24)
     eps = 0.1
-    delta, fooled, final, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, eps, steps=40,
-                                               step_size=0.25, stop_margin=0.5, shrink=[0.5, 0.8])
+    settings = RefineSettings(eps, steps=40, step_size=0.25, stop_margin=0.5, shrink=(0.5, 0.8))
+    delta, fooled, final, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, settings)
     assert delta.abs().max() <= eps + 1e-6
     assert (delta * (1 - mask)).abs().max() == 0
     assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
@@ -47,8 +47,8 @@ def test_shrink_takes_the_smallest_scale_that_keeps_the_margin():
     with torch.no_grad():
         logits = model(x)
     classes = {k: nn.functional.one_hot(v.argmax(1), v.shape[1]).bool() for k, v in logits.items()}
-    delta, fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(3, 1, 16, 16), classes, 0.2,
-                                           steps=60, step_size=0.5, stop_margin=0.5)
+    delta, fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(3, 1, 16, 16), classes,
+                                              RefineSettings(0.2, steps=60, step_size=0.5, stop_margin=0.5))
     assert fooled.all()
     scales = [0.25, 0.5, 0.75, 0.95]
     shrunk, shrunk_logits, found = shrink_perturbation(model, x, delta, classes, scales, stop_margin=0.5)
@@ -73,8 +73,8 @@ def test_refine_leaves_an_already_fooled_face_alone():
     # sets that hold only the least likely class: every call is already outside them
     classes = {k: nn.functional.one_hot(v.argmin(1), v.shape[1]).bool() for k, v in logits.items()}
     start = torch.full_like(x, 0.01) * (x < 0.99)
-    delta, fooled, _, _ = refine_perturbation(model, x, start, torch.ones(2, 1, 16, 16), classes, 0.1, steps=5,
-                                           step_size=0.25, stop_margin=0.0)
+    delta, fooled, _, _ = refine_perturbation(model, x, start, torch.ones(2, 1, 16, 16), classes,
+                                              RefineSettings(0.1, steps=5, step_size=0.25, stop_margin=0.0))
     assert fooled.all()
     assert torch.allclose(delta, start)
 
@@ -83,8 +83,8 @@ def test_zero_steps_only_clips_the_start():
     model = Tiny().requires_grad_(False)
     x = torch.rand(1, 3, 8, 8)
     classes = {"a": torch.tensor([[True, False]]), "b": torch.tensor([[True, False, False]])}
-    delta, _, _, _ = refine_perturbation(model, x, torch.full_like(x, 0.5), torch.ones(1, 1, 8, 8), classes, 0.05,
-                                   steps=0, step_size=0.25, stop_margin=1.0)
+    delta, _, _, _ = refine_perturbation(model, x, torch.full_like(x, 0.5), torch.ones(1, 1, 8, 8), classes,
+                                         RefineSettings(0.05, steps=0, step_size=0.25, stop_margin=1.0))
     assert delta.abs().max() <= 0.05 + 1e-6
 
 
@@ -106,10 +106,10 @@ def _worst_margin(model, x, classes) -> torch.Tensor:
 
 def test_push_margin_goes_past_the_stop_margin_and_counts_fooled_at_the_stop():
     model, x, classes = _tiny_case(3)
-    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, 0.2)
+    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes)
     kwargs = dict(steps=60, step_size=0.25, stop_margin=0.5)
-    stopped, fooled_stop, _, _ = refine_perturbation(*args, **kwargs)
-    pushed, fooled_push, _, _ = refine_perturbation(*args, **kwargs, push_margin=2.0)
+    stopped, fooled_stop, _, _ = refine_perturbation(*args, RefineSettings(0.2, **kwargs))
+    pushed, fooled_push, _, _ = refine_perturbation(*args, RefineSettings(0.2, **kwargs, push_margin=2.0))
     assert fooled_stop.all() and fooled_push.all()
     assert (_worst_margin(model, x + stopped, classes) > -2.0).any()   # the stop alone ends short of 2
     assert (_worst_margin(model, x + pushed, classes) < -2.0).all()    # the push gets every face there
@@ -118,19 +118,20 @@ def test_push_margin_goes_past_the_stop_margin_and_counts_fooled_at_the_stop():
 
 def test_push_margin_out_of_reach_still_reports_faces_fooled_at_the_stop():
     model, x, classes = _tiny_case(4)
-    delta, fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, 0.2,
-                                           steps=60, step_size=0.25, stop_margin=0.5, push_margin=1e6)
+    delta, fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes,
+                                              RefineSettings(0.2, steps=60, step_size=0.25, stop_margin=0.5,
+                                                             push_margin=1e6))
     margins = _worst_margin(model, x + delta, classes)
     assert torch.equal(fooled, margins < -0.5) and fooled.any()
 
 
 def test_views_change_the_steps_and_are_seeded():
     model, x, classes = _tiny_case(5, side=20)
-    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 20, 20), classes, 0.2)
+    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 20, 20), classes)
     kwargs = dict(steps=3, step_size=0.25, stop_margin=50.0)  # out of reach: every step is taken
-    plain, _, _, _ = refine_perturbation(*args, **kwargs)
-    diverse, _, _, _ = refine_perturbation(*args, **kwargs, views=3)
-    again, _, _, _ = refine_perturbation(*args, **kwargs, views=3)
+    plain, _, _, _ = refine_perturbation(*args, RefineSettings(0.2, **kwargs))
+    diverse, _, _, _ = refine_perturbation(*args, RefineSettings(0.2, **kwargs, views=3))
+    again, _, _, _ = refine_perturbation(*args, RefineSettings(0.2, **kwargs, views=3))
     assert not torch.allclose(plain, diverse)
     assert torch.equal(diverse, again)
 
@@ -145,8 +146,9 @@ def test_budget_bounds_each_pixel_and_moves_the_change_into_the_budgeted_half():
     model, x, classes = _tiny_case(6)
     budget = torch.ones(4, 1, 16, 16)
     budget[..., :8] = 0.25  # the left half may use a quarter of epsilon
-    delta, fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, 0.2,
-                                              steps=60, step_size=0.25, stop_margin=0.5, budget=budget)
+    delta, fooled, _, _ = refine_perturbation(model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes,
+                                              RefineSettings(0.2, steps=60, step_size=0.25, stop_margin=0.5),
+                                              budget=budget)
     assert fooled.any()
     assert (delta.abs() <= 0.2 * budget + 1e-6).all()
     assert delta[..., :8].abs().mean() < 0.5 * delta[..., 8:].abs().mean()
@@ -159,22 +161,22 @@ def test_budget_above_one_lets_texture_take_more_than_epsilon_and_the_projection
     mask = torch.ones(4, 1, 16, 16)
     budget = torch.full((4, 1, 16, 16), 0.5)
     budget[..., 8:] = 3.0  # the right half may take three epsilons
-    free, _, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, 0.05, steps=60,
-                                        step_size=0.5, stop_margin=4.0, budget=budget)
+    settings = RefineSettings(0.05, steps=60, step_size=0.5, stop_margin=4.0)
+    free, _, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, settings, budget=budget)
     assert (free.abs() <= 0.05 * budget + 1e-6).all() and free[..., 8:].abs().max() > 0.05
     target = face_ssim(x, x + free, mask).min().item() + 0.02  # tighter than the free run reached
-    held, _, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, 0.05, steps=60,
-                                        step_size=0.5, stop_margin=4.0, budget=budget,
+    held, _, _, _ = refine_perturbation(model, x, torch.zeros_like(x), mask, classes, settings, budget=budget,
                                         project=perceptual_projection(mask, None, target))
     assert (face_ssim(x, x + held, mask) >= target - 1e-4).all()
 
 
 def test_steps_taken_are_zero_for_a_protected_start_and_counted_otherwise():
     model, x, classes = _tiny_case(7)
-    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, 0.2)
-    delta, fooled, _, taken = refine_perturbation(*args, steps=60, step_size=0.25, stop_margin=0.5)
+    settings = RefineSettings(0.2, steps=60, step_size=0.25, stop_margin=0.5)
+    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes, settings)
+    delta, fooled, _, taken = refine_perturbation(*args)
     assert fooled.all() and (taken > 0).all() and (taken <= 60).all()
-    _, _, _, again = refine_perturbation(model, x, delta, *args[3:], steps=60, step_size=0.25, stop_margin=0.5)
+    _, _, _, again = refine_perturbation(model, x, delta, *args[3:])
     assert (again == 0).all()  # its own result reaches the margin at the first check
 
 
@@ -187,9 +189,10 @@ def test_survive_round_trip_runs_only_on_faces_already_past_the_margin():
     from invisible_face.method.refine import worst_margins
     with torch.no_grad():
         logits = model(x)
-    margins = worst_margins(model, x, logits, classes, survive, stop_margin=0.5)
+    margins, checked = worst_margins(model, x, logits, classes, survive, stop_margin=0.5)
     assert seen == []  # clean faces sit inside their sets: no round trip needed
     assert (margins > 0).all()
+    assert all(torch.equal(checked[k], logits[k]) for k in logits)  # no recheck asked: the logits as given
     flipped = {k: ~c for k, c in classes.items()}  # every call is now outside its set
     with torch.no_grad():
         worst_margins(model, x, logits, flipped, survive, stop_margin=0.0)

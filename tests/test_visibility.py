@@ -98,9 +98,22 @@ def test_perceptual_projection_applies_both_constraints():
     torch.manual_seed(0)
     clean, mask = torch.rand(1, 3, 32, 32) * 0.5 + 0.25, torch.ones(1, 1, 32, 32)
     project = perceptual_projection(mask, torch.full((1, 1, 32, 32), 0.01), 0.95)
-    out = project(clean, 0.1 * torch.randn_like(clean))
+    out = project(clean, 0.1 * torch.randn_like(clean), torch.arange(1))
     assert split_chroma(out)[1].abs().max() <= 0.01 + 1e-6
     assert face_ssim(clean, clean + out, mask).item() >= 0.95
+
+
+def test_perceptual_projection_takes_the_bounds_of_the_faces_it_is_given():
+    """The refinement drops faces from its batch: ``index`` says which of the projection's faces these are."""
+    torch.manual_seed(0)
+    clean, mask = torch.rand(2, 3, 32, 32) * 0.5 + 0.25, torch.ones(2, 1, 32, 32)
+    bounds = torch.stack([torch.full((1, 32, 32), 0.05), torch.full((1, 32, 32), 0.01)])
+    project = perceptual_projection(mask, bounds, None)
+    delta = 0.1 * torch.randn(1, 3, 32, 32)
+    second = project(clean[1:], delta, torch.tensor([1]))  # the second face alone: its own, tighter bound
+    first = project(clean[:1], delta, torch.tensor([0]))
+    assert split_chroma(second)[1].abs().max() <= 0.01 + 1e-6
+    assert split_chroma(first)[1].abs().max() > 0.01 + 1e-6
 
 
 def test_smooth_pixels_are_the_flat_share_of_the_mask():

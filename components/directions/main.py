@@ -20,7 +20,7 @@ from invisible_face.method.directions import pack_signs, set_direction
 from invisible_face.method.ldman import sets_vector
 from invisible_face.method.ldman_training import chip_masks
 from invisible_face.models.classifiers import MODELS_DIR, attribute_sizes, surrogate_path
-from invisible_face.models.margins import attribute_margins
+from invisible_face.models.margins import attribute_margins, protected
 from invisible_face.models.networks import load_classifier
 from invisible_face.stage import Stage, stage_parser
 
@@ -39,7 +39,7 @@ def main() -> None:
     files = faces.table["file"].tolist()
     masks = chip_masks(files, dict(np.load(args.landmarks)), cfg["validate"]["expected_size"][0], lcfg["work_size"],
                        pcfg["mask"])
-    sets, bits, protected, start = [], [], [], time.perf_counter()
+    sets, bits, protected_share, start = [], [], [], time.perf_counter()
     for i in tqdm(range(0, len(faces), dcfg["batch_size"]), desc="directions", unit="batch", mininterval=10):
         images = faces.images[i:i + dcfg["batch_size"]].float() / 255
         direction, classes = set_direction(surrogate, images, dcfg["cover"], lcfg["kappa"])
@@ -48,13 +48,13 @@ def main() -> None:
         with torch.no_grad():
             stepped = (images + lcfg["epsilon"] * direction * masks[i:i + len(images)]).clamp(0, 1)
             margins = attribute_margins(surrogate(stepped), classes)
-        protected.append((margins < -pcfg["refine"]["stop_margin"]).all(1))
+        protected_share.append(protected(margins, pcfg["refine"]["stop_margin"]))
     elapsed = time.perf_counter() - start
 
     np.savez_compressed(out / "directions.npz", files=np.array(files).astype(str), sets=torch.cat(sets).numpy(),
                         bits=np.stack(bits), shape=np.array(faces.images.shape[1:]))
     metrics = {"images": len(faces), "ms_per_image": 1000 * elapsed / len(faces),
-               "one_step_protected_share": torch.cat(protected).float().mean().item()}
+               "one_step_protected_share": torch.cat(protected_share).float().mean().item()}
     stage.write_metrics(metrics)
 
 

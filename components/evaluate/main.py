@@ -116,7 +116,7 @@ def main() -> None:
     metrics = method_metrics(results, robust)
     # how far label-free protection can go with this surrogate: see truth_in_cover
     results["invisible_face"]["truth_in_cover"] = truth_in_cover(data.clean_calls("surrogate", surrogate), data.labels,
-                                                                 protector.config["protect"]["cover"])
+                                                                 protector.config["directions"]["cover"])
     top = top_figures(results, robust, run.test_records, list(members), PATHS, budget_table, frontier)
     metrics = {**top, **metrics}
     stage.write_metrics(metrics, show=False)

@@ -56,6 +56,18 @@ LAYOUTS: dict[str, Layout] = {
 }
 
 
+# Group photos of 1 to 4 people (the load benchmark's default, benchmarks/serve_load.py): every face
+# at least 120 px, as in a photo people post of themselves and their friends.
+GROUP_LAYOUTS: dict[str, Layout] = {
+    "one.jpg": Layout((400, 300), (Placement(0, 200, 150, 160),)),
+    "two.jpg": Layout((640, 360), (Placement(1, 200, 180, 160), Placement(2, 440, 180, 150))),
+    "three.jpg": Layout((800, 400), (Placement(3, 150, 200, 150), Placement(4, 400, 190, 160),
+                                     Placement(5, 650, 200, 140))),
+    "four.jpg": Layout((800, 500), (Placement(6, 170, 150, 140), Placement(7, 560, 150, 150),
+                                    Placement(8, 230, 360, 130), Placement(9, 600, 360, 140, angle=10))),
+}
+
+
 def face_count(name: str) -> int:
     """Faces placed in the photo ``name`` of :data:`LAYOUTS` (what a detector should find)."""
     return len(LAYOUTS[name].faces)

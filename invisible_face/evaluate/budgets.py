@@ -28,12 +28,12 @@ def point_name(budget: str, target: float) -> str:
 
 
 def budget_override(budget: str, target: float) -> dict[str, Any]:
-    """The export config override of one frontier point. The uniform budget is today's L-inf epsilon
-    with no separate colour bound, held to the same face-SSIM target."""
+    """The protector settings' override (params ``protector``'s keys) of one frontier point. The uniform
+    budget is the L-inf epsilon everywhere with no separate colour bound, held to the same face-SSIM target."""
     visibility: dict[str, Any] = {"budget": budget, "face_ssim": target}
     if budget == "uniform":
         visibility["chroma_share"] = None
-    return {"protect": {"visibility": visibility}}
+    return {"visibility": visibility}
 
 
 def budget_frontier_table(results: dict[str, dict], points: dict[tuple[str, float], str]) -> pd.DataFrame:

@@ -22,8 +22,9 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
     ``known_backbone_*``; black-box: ``zoo_fooled_mean``), identity kept per preset, the same with
     ``keep_identity`` on (prefix ``keep_identity_``) when that variant ran; surrogate MOSR against its
     label-free ceiling (``label_free_ceiling``: ``truth_in_cover``); the deployed protector's own
-    per-face timing on the test chips (ms per chip, landmarks included) by the path that protected
-    each face (``records``: its FaceRecords, ``.ms`` and ``.path``; ``paths``: every path a face can take,
+    per-face timing on the test chips (each face's share of its batch's ms) by the path that protected
+    each face, and the refinement steps a face took (``records``: its FaceRecords, ``.ms``, ``.path``,
+    ``.steps``; ``paths``: every path a face can take,
     :data:`invisible_face.protect.protector.PATHS`); and the share of its MOSR that survives each
     post-processing (MOSR after / before)."""
     g, p = results["invisible_face_g_only"], results["invisible_face"]
@@ -34,7 +35,8 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
            # the share of faces a label-free protector can fool at all (truth_in_cover), and MOSR against it
            "label_free_ceiling": p["truth_in_cover"], "protector_mosr_of_ceiling": p["mosr"] / p["truth_in_cover"]
            if p["truth_in_cover"] else None,
-           "protect_ms_median": float(np.median(ms)), "protect_ms_p90": float(np.percentile(ms, 90))}
+           "protect_ms_median": float(np.median(ms)), "protect_ms_p90": float(np.percentile(ms, 90)),
+           "refine_steps_mean": float(np.mean([r.steps for r in records]))}
     for path in paths:
         taken = [r.ms for r in records if r.path == path]
         # the generator path's share is G's protected share under the deployed stop rule
@@ -51,13 +53,16 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
             out[f"identity_kept_{preset}"] = results[f"invisible_face_{preset}"].get("identity_kept")
     out |= {k: p[k] for k in ("face_ssim", "face_psnr", "texture_ratio", "skin_delta_e") if k in p}
     # the variants a change is judged against, beside it: <variant>_<figure>
-    for variant in ("variant_chips", "keep_identity", "uniform", "slow"):
+    for variant in ("variant_chips", "keep_identity", "uniform", "slow", "one_by_one"):
         row = results.get(f"invisible_face_{variant}")
         if row is not None:
             figures = {k: row[k] for k in ("mosr", "ssim", "psnr", "face_ssim", "face_psnr", "texture_ratio",
                                            "skin_delta_e", "ms_per_image") if k in row}
             figures |= {f"{m}_mosr": row[f"mosr_{m}"] for m in members}
             out |= {f"{variant}_{k}": v for k, v in {**figures, **tiers(row)}.items()}
+    if "one_by_one_mosr" in out and "variant_chips_mosr" in out:  # batches and bfloat16 against the path before
+        out |= {f"batched_minus_one_by_one_{k}": out[f"variant_chips_{k}"] - out[f"one_by_one_{k}"]
+                for k in ("known_backbone_fooled_mean", "mosr", "zoo_fooled_mean") if f"one_by_one_{k}" in out}
     after = robust.get("invisible_face", {})
     for column in [c.removeprefix("mosr_after_") for c in after if c.startswith("mosr_after_")]:
         if p["mosr"] > 0:

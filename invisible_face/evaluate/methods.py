@@ -3,7 +3,7 @@ deployed protector, its strength presets, its variants (inference-time switches 
 perceptual and uniform budgets at several face-SSIM targets (the budget frontier), and the baseline attacks
 at the common budget and at smaller ones (the privacy-PSNR frontier).
 
-The protector is passed in, never imported: anything with ``config``, ``protect_chip(image, labels)``,
+The protector is passed in, never imported: anything with ``settings``, ``protect_chips(images, labels)``,
 ``variant(override)`` and ``with_strength(name)`` (:class:`invisible_face.protect.protector.Protector`)
 serves; ``protect`` and ``evaluate`` are independent floors of the package.
 """
@@ -26,7 +26,8 @@ from invisible_face.models.classifiers import attribute_sizes
 Method = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 # Protector variants (inference-time switches on the same export): what each part contributes; params
-# ``evaluate.variants`` picks the ones a run scores. name -> (config overrides, whether it is told the true labels)
+# ``evaluate.variants`` picks the ones a run scores. name -> (overrides of params ``protector``'s keys,
+# whether it is told the true labels)
 VARIANTS = {
     # the face embedding's move bounded: the face stays the same person to face_recognition
     "invisible_face_keep_identity": ({"refine": {"keep_identity": True}}, False),
@@ -34,19 +35,21 @@ VARIANTS = {
     # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
     "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
     # today's budget before the perceptual one: L-inf epsilon everywhere, no colour bound, no SSIM target
-    "invisible_face_uniform": ({"protect": {"visibility": {"budget": "uniform", "face_ssim": None,
-                                                           "chroma_share": None}}}, False),
+    "invisible_face_uniform": ({"visibility": {"budget": "uniform", "face_ssim": None, "chroma_share": None}},
+                               False),
+    # the path before batches: one face at a time, every pass in float32 (the batched path's reach is held to it)
+    "invisible_face_one_by_one": ({"batch_size": 1, "refine": {"bf16_min_batch": None}}, False),
     # the slow step schedule this one replaced: 20 small steps, no momentum, the gradient through a JPEG too
     "invisible_face_slow": ({"refine": {"steps": 20, "step_size": 0.3, "momentum": 0.0, "jpeg_gradient": True}},
                             False),
     # steps that stop at the stop margin (no push further for transfer, as before the push margin)
     "invisible_face_no_push": ({"refine": {"push_margin": None}}, False),
     # the stop rule without the survive-JPEG check (the deployed one before it)
-    "invisible_face_no_survive": ({"protect": {"survive_jpeg_quality": None}}, False),
+    "invisible_face_no_survive": ({"survive_jpeg_quality": None}, False),
     # Algorithm 1's rectangle as the mask instead of the feathered face mask
-    "invisible_face_region": ({"protect": {"mask": {"kind": "region"}}}, False),
+    "invisible_face_region": ({"mask": {"kind": "region"}}, False),
     # Table V: the whole crop
-    "invisible_face_full_region": ({"protect": {"mask": {"kind": "crop"}}}, False),
+    "invisible_face_full_region": ({"mask": {"kind": "crop"}}, False),
 }
 STRENGTHS = ("light", "strong")  # the presets beside the deployed default (standard): invisible_face_<preset>
 
@@ -55,14 +58,11 @@ def protector_method(protector: Any, known_labels: bool = False, records: list |
     """The protector as an evaluation method; ``known_labels``: it is told each face's true attributes;
     ``records``: a list that collects each face's record (path taken, ms)."""
     def protect(images: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = []
-        for i, img in enumerate(images):
-            rgb, recs = protector.protect_chip(to_uint8(img), {k: int(v[i]) for k, v in labels.items()}
-                                               if known_labels else None)
-            out.append(to_tensor(rgb))
-            if records is not None:
-                records.extend(recs)
-        return torch.stack(out)
+        told = [{k: int(v[i]) for k, v in labels.items()} for i in range(len(images))] if known_labels else None
+        results = protector.protect_chips([to_uint8(img) for img in images], told)  # batched as in the CLI
+        if records is not None:
+            records.extend(r for _, recs in results for r in recs)
+        return torch.stack([to_tensor(rgb) for rgb, _ in results])
     return protect
 
 
@@ -95,13 +95,13 @@ def protector_methods(protector: Any, variants: list[str], budget_frontier: dict
     for name in variants:
         override, known_labels = VARIANTS[name]
         methods[name] = protector_method(protector.variant(override), known_labels)
-    presets = {"invisible_face_variant_chips": protector.config} | {
-        f"invisible_face_{p}": protector.with_strength(p).config for p in STRENGTHS}
+    presets = {"invisible_face_variant_chips": protector.settings} | {
+        f"invisible_face_{p}": protector.with_strength(p).settings for p in STRENGTHS}
     points = {}
     for budget in budget_frontier["budgets"]:
         for target in budget_frontier["targets"]:
             point = protector.variant(budget_override(budget, target))
-            same = [name for name, config in presets.items() if config == point.config]
+            same = [name for name, settings in presets.items() if settings == point.settings]
             points[(budget, target)] = same[0] if same else point_name(budget, target)
             if not same:
                 methods[points[(budget, target)]] = protector_method(point)

@@ -54,7 +54,7 @@ from invisible_face.method.losses import (
 from invisible_face.method.recompression import random_recompression
 from invisible_face.metrics import fooled_all, h_pn, psnr, ssim
 from invisible_face.models import distributed
-from invisible_face.models.margins import attribute_margins, set_margin_loss
+from invisible_face.models.margins import attribute_margins, protected, set_margin_loss
 from invisible_face.models.networks import AttributeClassifier, load_classifier
 from invisible_face.models.perceptual import Perceptual, SurrogateFeatures
 
@@ -148,21 +148,21 @@ def validate_generator(generator: Generator, surrogate: AttributeClassifier, ima
     tuning objective, which does not depend on how often the surrogate's clean call is wrong)."""
     was_training = generator.training
     generator.eval()
-    protected, fooled, ssims, psnrs = [], [], [], []
+    shares, fooled, ssims, psnrs = [], [], [], []
     for i in range(0, len(images), batch_size):
         x, m = images[i:i + batch_size], masks[i:i + batch_size]
         delta, classes = generator_protect(generator, surrogate, x, m, cfg["cover"], cfg["kappa"],
                                            psnr_to_rms(cfg["min_psnr"]))
         x_adv = ((x + delta) * 255).round() / 255
         logits = surrogate(x_adv)
-        protected.append((attribute_margins(logits, classes) < -cfg["stop_margin"]).all(1))
+        shares.append(protected(attribute_margins(logits, classes), cfg["stop_margin"]))
         fooled.append(fooled_all({k: v.argmax(1) for k, v in logits.items()},
                                  {k: v[i:i + batch_size] for k, v in labels.items()}))
         ssims.append(ssim(x, x_adv))
         psnrs.append(psnr(x, x_adv))
     generator.train(was_training)
     p = torch.cat(psnrs)
-    out = {"val_protected_share": torch.cat(protected).float().mean().item(),
+    out = {"val_protected_share": torch.cat(shares).float().mean().item(),
            "val_mosr": torch.cat(fooled).float().mean().item(), "val_ssim": torch.cat(ssims).mean().item(),
            "val_psnr": p[torch.isfinite(p)].mean().item()}
     out["val_hpn"] = h_pn(out["val_mosr"], out["val_ssim"], out["val_psnr"])

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import kornia
 import torch
 from torch import nn
 
-from invisible_face.method.ldman import cap_rms
-from invisible_face.method.recompression import diverse_input
+from invisible_face.method.ldman import cap_rms, psnr_to_rms
+from invisible_face.method.recompression import diverse_input, jpeg_differentiable, survives
 from invisible_face.method.visibility import Projection, split_chroma
 from invisible_face.models.ensemble import SEP
-from invisible_face.models.margins import attribute_margins, set_margin_loss
+from invisible_face.models.margins import attribute_margins, protected, set_margin_loss
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,20 +58,33 @@ def push_target(stop_margin: float, push_margin: float | None) -> float:
 
 
 def worst_margins(model: nn.Module, x: torch.Tensor, logits: dict[str, torch.Tensor],
-                  classes: dict[str, torch.Tensor], survive: Transform | None, stop_margin: float) -> torch.Tensor:
+                  classes: dict[str, torch.Tensor], survive: Transform | None, stop_margin: float,
+                  recheck: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Set margins of ``x`` (its logits given), and with ``survive`` the larger of those and the
     margins after the round trip (no gradient through it): B x A, negative = fooled both ways.
     The round trip is only run for the images already past ``stop_margin`` as written: the others
-    are not fooled either way, and a codec pass costs as much as a forward pass."""
+    are not fooled either way, and a codec pass costs as much as a forward pass. ``recheck``: the
+    logits came from a bfloat16 pass, so the images they call fooled are asked again in float32 and
+    only that answer counts (a face is declared protected by float32 alone).
+    -> (margins B x A, the logits with the rechecked rows in float32)."""
     margins = attribute_margins(logits, classes)
-    candidates = (margins < -stop_margin).all(1)
+    candidates = protected(margins, stop_margin)
+    if recheck and candidates.any():
+        with torch.no_grad():
+            exact = model(x.detach()[candidates])
+        logits = {k: v.detach().clone() for k, v in logits.items()}
+        for k, v in exact.items():
+            logits[k][candidates] = v
+        margins = margins.clone()
+        margins[candidates] = attribute_margins(exact, {k: c[candidates] for k, c in classes.items()})
+        candidates = protected(margins, stop_margin)
     if survive is not None and candidates.any():
         with torch.no_grad():
             after = attribute_margins(model(survive(x.detach()[candidates])),
                                       {k: c[candidates] for k, c in classes.items()})
         margins = margins.clone()
         margins[candidates] = torch.maximum(margins[candidates], after)
-    return margins
+    return margins, logits
 
 
 def shape_step(grad: torch.Tensor, chroma_weight: float = 1.0, smooth: float = 0.0) -> torch.Tensor:
@@ -102,27 +117,84 @@ def shrink_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     x = images.repeat_interleave(k, 0) + candidates
     with torch.no_grad():
         logits = model(x)
-    margins = worst_margins(model, x, logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()}, survive,
-                            stop_margin)
-    ok = (margins < -stop_margin).all(1).view(b, k)
+    margins, _ = worst_margins(model, x, logits, {a: c.repeat_interleave(k, 0) for a, c in classes.items()}, survive,
+                               stop_margin)
+    ok = protected(margins, stop_margin).view(b, k)
     pick = torch.arange(b) * k + ok.float().argmax(1)  # the first (smallest) working scale
     return candidates[pick], {a: v[pick] for a, v in logits.items()}, ok.any(1)
 
 
+@dataclass(frozen=True)
+class RefineSettings:
+    """The refinement's settings: params ``protector.refine`` (the keys it shares with these fields)
+    with the protector's ``epsilon`` and survive check, built once (:meth:`from_config`) and passed whole."""
+
+    epsilon: float                       # L-inf budget on [0, 1]; the perceptual budget scales it per pixel
+    steps: int = 14                      # gradient steps at most (per mask)
+    step_size: float = 0.5               # RMS move per step over the mask, as a fraction of epsilon
+    stop_margin: float = 1.0             # logits past its set at which an attribute counts as fooled
+    push_margin: float | None = None     # ...and the margin the steps aim for (None: the stop margin)
+    shrink: tuple[float, ...] = ()       # scales of the final perturbation tried in one pass
+    chroma_weight: float = 1.0           # share of a step's colour part kept
+    smooth: float = 0.0                  # blur of each step: sigma as a share of the image side
+    views: int = 0                       # random resized views added to each step's gradient
+    min_psnr: float | None = None        # dB floor of each face (its RMS over the image is capped)
+    momentum: float = 0.0                # MI-FGSM decay of the past steps' direction
+    survive_jpeg_quality: int | None = None  # a fooled face must also be fooled after this JPEG round trip
+    jpeg_gradient: bool = False          # ...and its steps follow the gradient through a differentiable JPEG
+    identity_bound: float = 0.5          # embedding distance allowed (with an ``identity`` function)
+    identity_weight: float = 1.0         # pull back past 0.8 of the bound, in unit gradients of a member's pull
+    bf16_min_batch: int | None = None    # bfloat16 autocast for the steps' passes when at least this many
+                                         # faces step together (None: never); every "protected" is float32
+
+    @classmethod
+    def from_config(cls, refine: dict[str, Any], epsilon: float,
+                    survive_jpeg_quality: int | None = None) -> "RefineSettings":
+        """From params ``protector.refine`` (its other keys, such as ``crop_fallback``, are the protector's)."""
+        names = {f.name for f in fields(cls)} - {"epsilon", "survive_jpeg_quality"}
+        values = {k: v for k, v in refine.items() if k in names}
+        if "shrink" in values:
+            values["shrink"] = tuple(values["shrink"] or ())
+        return cls(epsilon=epsilon, survive_jpeg_quality=survive_jpeg_quality, **values)
+
+    @property
+    def target(self) -> float:
+        return push_target(self.stop_margin, self.push_margin)
+
+    @property
+    def rms(self) -> float:
+        return psnr_to_rms(self.min_psnr)
+
+    def survive(self) -> Transform | None:
+        return survives(self.survive_jpeg_quality)
+
+    def through(self) -> Transform | None:
+        quality = self.survive_jpeg_quality
+        return None if quality is None or not self.jpeg_gradient else (lambda x: jpeg_differentiable(x, quality))
+
+    def shape(self, grad: torch.Tensor) -> torch.Tensor:
+        return shape_step(grad, self.chroma_weight, self.smooth)
+
+
+# (images + delta, index of the faces in the batch) -> B distances of their face embeddings from the clean ones
+Identity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
-                        classes: dict[str, torch.Tensor], epsilon: float, steps: int, step_size: float,
-                        stop_margin: float, shrink: Sequence[float] = (), survive: Transform | None = None,
-                        through: Transform | None = None, shape: Transform | None = None, views: int = 0,
-                        push_margin: float | None = None, rms: float = float("inf"), momentum: float = 0.0,
-                        identity: Transform | None = None,
-                        identity_bound: float = 0.5, identity_weight: float = 1.0,
-                        budget: torch.Tensor | None = None, project: Projection | None = None
+                        classes: dict[str, torch.Tensor], settings: RefineSettings,
+                        budget: torch.Tensor | None = None, project: Projection | None = None,
+                        identity: Identity | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Move every attribute's call outside its class set by ``stop_margin`` (logits), inside
     ``mask`` within the L-inf budget: |perturbation| <= epsilon * mask at every pixel.
     With ``push_margin`` (> stop_margin) the steps go on to that margin: a face counts as fooled
     past ``stop_margin``, but one pushed further on the surrogate fools models the defender does not
     own more often (transfer); a face that cannot reach it ends at the last step that fooled it.
+
+    The faces of a batch step together and each leaves the batch as soon as it reaches the push
+    margin: every pass runs on the faces still stepping only. With ``bf16_min_batch`` the passes of a
+    batch at least that large run under bfloat16 autocast, and a face they call fooled is asked again
+    in float32 before it counts (:func:`worst_margins`).
 
     images, delta: B x 3 x H x W (delta: the starting perturbation); mask: B x 1 x H x W in [0, 1]
     (a soft mask bounds the budget pixel by pixel: the feathered face mask fades it out at the edges);
@@ -133,101 +205,119 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     sum, so the member whose logits move fastest does not take the whole step. A face
     fooled at the end is then scaled down by the smallest of ``shrink`` that keeps it fooled
     (:func:`shrink_perturbation`), taking back the last step's overshoot.
-    ``survive``: a round trip a fooled face must also survive (checked each step, no gradient);
-    ``through``: a differentiable stand-in for it whose gradient is added to the steps of a face already
+    The survive round trip (``survive_jpeg_quality``) is checked each step, no gradient; with
+    ``jpeg_gradient`` a differentiable stand-in's gradient is added to the steps of a face already
     past the stop margin as written (before that, the plain gradient alone: it costs half as much);
-    ``shape``: maps the gradient to the step's direction (:func:`shape_step`);
-    ``views``: random resized and padded views of the face whose gradients are added to each step's
-    (input diversity, :func:`invisible_face.method.recompression.diverse_input`; seeded, so a face
-    always gets the same perturbation): a step that holds across views transfers further.
-    ``rms``: the perturbation's largest root-mean-square over the crop (a PSNR floor, as G's output has:
-    :func:`invisible_face.method.ldman.psnr_to_rms`); each step is projected back inside it;
-    ``momentum``: each step follows the running sum of the unit gradients, the older ones decayed by
-    this factor (MI-FGSM's update): with several heads to push, a plain step bounces between them;
-    ``identity``: x -> B distances of its face embedding from the clean face's (``keep_identity``): a
-    face counts as fooled only while its distance stays under ``identity_bound``, and the steps pull
-    it back (past 0.8 of the bound, with ``identity_weight`` times the heads' unit gradient) while the heads
-    are pushed;
+    the step direction is shaped by :func:`shape_step`; ``views``: random resized and padded views
+    of the face whose gradients are added to each step's (input diversity, seeded);
+    ``min_psnr``: each step is projected back inside its RMS; ``momentum``: MI-FGSM's update (with
+    several heads to push, a plain step bounces between them);
+    ``identity``: (x, index) -> distances of the faces' embeddings from their clean ones
+    (``keep_identity``): a face counts as fooled only while its distance stays under
+    ``identity_bound``, and the steps pull it back past 0.8 of the bound;
     ``budget``: B x 1 x H x W, each pixel's bound in units of epsilon (the perceptual budget,
-    :mod:`invisible_face.method.visibility`: under 1 on smooth skin, up to its ceiling in texture):
-    it scales the bound and each step pixel by pixel, while a step's size is still measured over the
-    mask, so the budget moves the change from smooth skin into texture rather than shrinking it;
-    ``project``: (images, delta) -> delta, the constraints a step is projected back into after the
-    bound (:func:`invisible_face.method.visibility.perceptual_projection`: the colour bound and the
-    face-SSIM target).
+    :mod:`invisible_face.method.visibility`): it scales the bound and each step pixel by pixel, while
+    a step's size is still measured over the mask, so the budget moves the change from smooth skin
+    into texture rather than shrinking it;
+    ``project``: (images, delta, index) -> delta, the constraints a step is projected back into after
+    the bound (:func:`invisible_face.method.visibility.perceptual_projection`).
     -> (perturbation B x 3 x H x W, |.| <= epsilon * mask * budget, inside the [0, 1] range;
         fooled: B bool, every attribute past ``stop_margin`` at the end;
         the model's logits on images + perturbation, {attribute: B x C};
         the gradient steps each face took: B int, 0 for a face its starting perturbation already protects).
     """
+    s = settings
+    n = len(images)
+    everyone = torch.arange(n)
     area = (mask.flatten(1).sum(1) * images.shape[1]).clamp_min(1).sqrt().view(-1, 1, 1, 1)
     if budget is not None:
         mask = mask * budget
-    bound = epsilon * mask
+    bound = s.epsilon * mask
     delta = (images + torch.maximum(torch.minimum(delta, bound), -bound)).clamp(0, 1) - images
     if project is not None:
-        delta = project(images, delta)
+        delta = project(images, delta, everyone)
+    survive, through, target, rms = s.survive(), s.through(), s.target, s.rms
     generator = torch.Generator().manual_seed(0)
-    target = push_target(stop_margin, push_margin)
-    kept, was_fooled = delta, torch.zeros(len(images), dtype=torch.bool)  # the last step that fooled each face
+    kept = delta.clone()  # the last step that fooled each face
+    was_fooled, fooled, reached = (torch.zeros(n, dtype=torch.bool) for _ in range(3))
     velocity = torch.zeros_like(delta)
-    taken = torch.zeros(len(images), dtype=torch.int64)
-    for step in range(steps + 1):
-        d = delta.detach().requires_grad_(True)
-        logits = model(images + d)
-        margins = worst_margins(model, images + d, logits, classes, survive, stop_margin)
-        fooled, reached = (margins < -stop_margin).all(1), (margins < -target).all(1)
+    taken = torch.zeros(n, dtype=torch.int64)
+    logits_out: dict[str, torch.Tensor] = {}
+    active = everyone  # the faces still stepping
+    groups = member_groups(classes)
+    for step in range(s.steps + 1):
+        x, sets = images[active], {k: c[active] for k, c in classes.items()}
+        d = delta[active].detach().requires_grad_(True)
+        # the last pass is a check only: float32; so is every pass of a batch too small to gain
+        fast = s.bf16_min_batch is not None and len(active) >= s.bf16_min_batch and step < s.steps
+        with torch.autocast(images.device.type, torch.bfloat16, enabled=fast):
+            logits = model(x + d)
+        logits = {k: v.float() for k, v in logits.items()}
+        margins, checked = worst_margins(model, x + d, logits, sets, survive, s.stop_margin, recheck=fast)
+        now_fooled, now_reached = protected(margins, s.stop_margin), protected(margins, target)
         if identity is not None:
-            distance = identity(images + d)
-            same_person = distance.detach() < identity_bound
-            fooled, reached = fooled & same_person, reached & same_person
-        kept, was_fooled = torch.where(fooled.view(-1, 1, 1, 1), d.detach(), kept), was_fooled | fooled
-        if reached.all() or step == steps:
+            distance = identity(x + d, active)
+            same_person = distance.detach() < s.identity_bound
+            now_fooled, now_reached = now_fooled & same_person, now_reached & same_person
+        for k, v in checked.items():
+            logits_out.setdefault(k, torch.zeros(n, v.shape[1]))[active] = v.detach()
+        kept[active] = torch.where(now_fooled.view(-1, 1, 1, 1), d.detach(), kept[active])
+        was_fooled[active] |= now_fooled
+        fooled[active], reached[active] = now_fooled, now_reached
+        if now_reached.all() or step == s.steps:
             break
         # the push starts once a face is past the stop: until then its hardest attribute gets the gradient
-        cap = torch.where(fooled, target, stop_margin) + 0.5
-        near = (attribute_margins(logits, classes) < -stop_margin).all(1)  # fooled as written
-        through_logits = model(through((images + d)[near])) if through is not None and near.any() else None
-        if views:  # one batched pass over every view
-            diverse = torch.cat([diverse_input(images + d, 1.0, generator) for _ in range(views)])
-            view_logits, view_cap = model(diverse), cap.repeat(views)
+        cap = torch.where(now_fooled, target, s.stop_margin) + 0.5
+        with torch.autocast(images.device.type, torch.bfloat16, enabled=fast):
+            near = protected(attribute_margins(logits, sets), s.stop_margin)  # fooled as written
+            through_logits = model(through((x + d)[near])) if through is not None and near.any() else None
+            if s.views:  # one batched pass over every view
+                diverse = torch.cat([diverse_input(x + d, 1.0, generator) for _ in range(s.views)])
+                view_logits, view_cap = model(diverse), cap.repeat(s.views)
         # one unit gradient per ensemble member, summed: a member whose logits move faster does not
         # take the whole step (a plain model is one member)
         grad = torch.zeros_like(d)
-        groups = member_groups(classes)
         for keys in groups:
-            sets = {k: classes[k] for k in keys}
-            loss = set_margin_loss({k: logits[k] for k in keys}, sets, cap).sum()
+            member_sets = {k: sets[k] for k in keys}
+            loss = set_margin_loss({k: logits[k] for k in keys}, member_sets, cap).sum()
             if through_logits is not None:
-                loss = loss + set_margin_loss({k: through_logits[k] for k in keys},
-                                              {k: c[near] for k, c in sets.items()}, cap[near]).sum()
-            if views:
-                repeated = {k: c.repeat(views, 1) for k, c in sets.items()}
-                loss = loss + set_margin_loss({k: view_logits[k] for k in keys}, repeated, view_cap).sum() / views
+                loss = loss + set_margin_loss({k: through_logits[k].float() for k in keys},
+                                              {k: c[near] for k, c in member_sets.items()}, cap[near]).sum()
+            if s.views:
+                repeated = {k: c.repeat(s.views, 1) for k, c in member_sets.items()}
+                loss = loss + set_margin_loss({k: view_logits[k].float() for k in keys}, repeated,
+                                              view_cap).sum() / s.views
             (g,) = torch.autograd.grad(loss, d, retain_graph=True)
             grad = grad + (unit_rms(g) if len(groups) > 1 else g)
         if identity is not None:  # the pull back, as strong as ``identity_weight`` members
-            (g,) = torch.autograd.grad((distance - 0.8 * identity_bound).clamp_min(0).sum(), d)
-            grad = unit_rms(grad) + identity_weight * unit_rms(g)
-        grad = (shape(grad) if shape is not None else grad) * mask
-        velocity = momentum * velocity + unit_rms(grad)  # momentum damps the bouncing between heads
-        unit = unit_rms(velocity) * area
-        active = (~reached).float().view(-1, 1, 1, 1)
-        taken += (~reached).long()
-        delta = torch.maximum(torch.minimum(delta - active * step_size * epsilon * unit, bound), -bound)
-        delta = (images + (cap_rms(delta, rms) if math.isfinite(rms) else delta)).clamp(0, 1) - images
+            (g,) = torch.autograd.grad((distance - 0.8 * s.identity_bound).clamp_min(0).sum(), d)
+            grad = unit_rms(grad) + s.identity_weight * unit_rms(g)
+        grad = s.shape(grad.float()) * mask[active]
+        velocity[active] = s.momentum * velocity[active] + unit_rms(grad)  # damps the bouncing between heads
+        stepping = ~now_reached
+        moved = d.detach() - s.step_size * s.epsilon * unit_rms(velocity[active]) * area[active]
+        moved = torch.maximum(torch.minimum(moved, bound[active]), -bound[active])
+        moved = (x + (cap_rms(moved, rms) if math.isfinite(rms) else moved)).clamp(0, 1) - x
         if project is not None:
-            delta = project(images, delta)
-    delta, logits = delta.detach(), {k: v.detach() for k, v in logits.items()}
+            moved = project(x, moved, active)
+        delta[active] = torch.where(stepping.view(-1, 1, 1, 1), moved, d.detach())
+        taken[active] += stepping.long()
+        active = active[stepping]
+    delta = delta.detach()
     fall_back = was_fooled & ~fooled  # pushed, ended short of the push and of the stop: back to the last fooled step
     if fall_back.any():
         delta = torch.where(fall_back.view(-1, 1, 1, 1), kept, delta)
         with torch.no_grad():
-            logits = model(images + delta)
-    fooled = was_fooled
-    if shrink and reached.any():
-        shrunk, shrunk_logits, found = shrink_perturbation(model, images, delta, classes, shrink, target, survive)
-        use = found & reached
-        delta = torch.where(use.view(-1, 1, 1, 1), shrunk, delta)
-        logits = {k: torch.where(use.view(-1, 1), shrunk_logits[k], v) for k, v in logits.items()}
-    return delta, fooled, logits, taken
+            exact = model(images[fall_back] + delta[fall_back])
+        for k, v in exact.items():
+            logits_out[k][fall_back] = v
+    if s.shrink and reached.any():
+        shrunk, shrunk_logits, found = shrink_perturbation(model, images[reached], delta[reached],
+                                                           {k: c[reached] for k, c in classes.items()},
+                                                           s.shrink, target, survive)
+        use = reached.clone()
+        use[reached] = found
+        delta[use] = shrunk[found]
+        for k, v in shrunk_logits.items():
+            logits_out[k][use] = v[found]
+    return delta, was_fooled, logits_out, taken

@@ -24,7 +24,8 @@ import torch
 
 from invisible_face.metrics import ssim
 
-Projection = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (images, delta, index of those faces in the batch the projection was built for) -> delta
+Projection = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def grey_levels(image: torch.Tensor) -> torch.Tensor:
@@ -138,11 +139,12 @@ def perceptual_projection(masks: torch.Tensor, chroma_bound: torch.Tensor | None
                           target: float | None) -> Projection:
     """The perceptual constraints a step is projected back into, besides the per-pixel bound: the
     colour part under ``chroma_bound`` (B x 1 x H x W; None: no separate colour bound), then the whole
-    change scaled to the face-SSIM ``target`` (None: no target). -> (images, delta) -> delta."""
-    def project(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    change scaled to the face-SSIM ``target`` (None: no target). -> (images, delta, index) -> delta,
+    for the faces ``index`` of the batch (the refinement drops faces from its batch as they finish)."""
+    def project(images: torch.Tensor, delta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if chroma_bound is not None:
-            delta = (images + limit_chroma(delta, chroma_bound)).clamp(0, 1) - images
-        return scale_to_face_ssim(images, delta, masks, target) if target is not None else delta
+            delta = (images + limit_chroma(delta, chroma_bound[index])).clamp(0, 1) - images
+        return scale_to_face_ssim(images, delta, masks[index], target) if target is not None else delta
     return project
 
 

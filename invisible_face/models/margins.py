@@ -40,6 +40,13 @@ def attribute_margins(logits: dict[str, torch.Tensor], classes: dict[str, torch.
     return torch.stack([set_margin(logits[k], classes[k]) for k in classes], 1)
 
 
+def protected(margins: torch.Tensor, margin: float) -> torch.Tensor:
+    """The one definition of a protected face: every head called outside its set by more than
+    ``margin`` logits (the refinement's stop and push, G's validation and the directions stage's
+    share all ask this). margins: B x A (:func:`attribute_margins`) -> B bool."""
+    return (margins < -margin).all(1)
+
+
 def set_margin_loss(logits: dict[str, torch.Tensor], classes: dict[str, torch.Tensor],
                     cap: float | torch.Tensor) -> torch.Tensor:
     """The label-free adversarial objective, to minimise: each attribute's set margin, floored at

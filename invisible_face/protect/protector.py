@@ -1,13 +1,18 @@
 """The protector: one inference object for the CLI, the evaluation and the Serve app.
 
-photo -> detect faces -> landmarks -> per face: square crop at the face's own resolution, the
-feathered face mask from the landmarks, G in one forward pass (with the surrogate's clean call and
-DP, invisible_face.method.ldman.generator_protect), a check on the surrogate; only a face G leaves
-unprotected goes to the refinement (invisible_face.method.refine) -> paste back -> the protected photo and
-a record per face saying which path protected it (``generator`` / ``refined`` / ``not_protected``).
+photos -> detect faces -> landmarks -> each face's square crop resampled into the working frame
+(:mod:`invisible_face.protect.frame`: one size for every face, so faces from any photos form one
+batch) -> per batch: the feathered face masks, the perceptual budget, G in one forward pass (with
+the surrogate's clean call and DP, invisible_face.method.ldman.generator_protect), then the batched
+refinement (invisible_face.method.refine), which checks G's output first and steps only the faces G
+leaves unprotected, each leaving the batch when done -> the change resampled back and added to the
+photo -> the protected photo and a record per face saying which path protected it (``generator`` /
+``refined`` / ``not_protected``) and how many steps it took.
 
 The export is ``<stem>.safetensors`` (generator, surrogate and optional audit-model tensors) +
-``<stem>.json`` (a plain config): loading it never unpickles anything, so a tampered file cannot run code.
+``<stem>.json``: the networks' configs and the params' own sections (``protector`` verbatim, and
+what G was trained with), so a preset or a variant overrides the same keys as params.yaml. Loading it
+never unpickles anything, so a tampered file cannot run code.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +34,32 @@ from torch import nn
 from invisible_face.data.images import to_tensor, to_uint8
 from invisible_face.data.landmarks import Face, make_backend
 from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
-from invisible_face.method.recompression import jpeg_differentiable, survives
-from invisible_face.method.refine import refine_perturbation, shape_step
+from invisible_face.method.refine import RefineSettings, refine_perturbation
 from invisible_face.method.regions import rect_masks, select_region
 from invisible_face.method.visibility import colour_bound, jnd_bound, perceptual_projection
 from invisible_face.models.ensemble import SurrogateEnsemble, first_member_calls, surrogate_from_state
 from invisible_face.models.face_backbone import FaceBackboneSurrogate
 from invisible_face.models.networks import AttributeClassifier, build_classifier, classifier_from_state
 from invisible_face.params import deep_merge
+from invisible_face.protect.frame import box_from_frame, frame_points, from_frame, to_frame
 
-# 8: the surrogate may be an ensemble with dlib's face network inside; 9: visibility budget; 10: perceptual budget
-FORMAT_VERSION = 10
+# 8: the surrogate may be an ensemble with dlib's face network inside; 9: visibility budget; 10: perceptual budget;
+# 11: the params' own sections (protector verbatim), the working frame and batches
+FORMAT_VERSION = 11
 PATHS = ("generator", "refined", "not_protected")
+
+
+@dataclass
+class FaceResult:
+    """One face protected in the working frame (:meth:`Protector.protect_frames`)."""
+
+    protected: torch.Tensor  # 3 x S x S
+    box: tuple[float, ...]  # the perturbed region in frame pixels
+    before: dict[str, int]  # G's surrogate's calls
+    after: dict[str, int]
+    path: str
+    steps: int
+    audit: dict[str, dict[str, int]]  # the audit model's calls (target_before / target_after), when the export has one
 
 
 @dataclass
@@ -50,8 +70,9 @@ class FaceRecord:
     region: list[float]
     detected: bool
     score: float
-    ms: float
+    ms: float  # its share of its batch's wall time (detection not included)
     path: str = "not_protected"  # which step protected it: one of PATHS
+    steps: int = 0  # refinement steps it took (0: G's output was protected as it came)
     predicted_before: dict[str, int] = field(default_factory=dict)
     predicted_after: dict[str, int] = field(default_factory=dict)
     # the export's audit model (a target the protector never attacked), when it holds one
@@ -68,24 +89,20 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Modul
     nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
     tensors = {f"{net}.{k}": v.detach().cpu().contiguous()
                for net, m in nets.items() for k, v in m.state_dict().items()}
-    lcfg, pcfg = cfg["ldman"], cfg["protector"]
+    lcfg = cfg["ldman"]
     config = {
         "format_version": FORMAT_VERSION,
         "generator": generator.config(),
         "surrogate": surrogate.config(),
         "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
-        "protect": {"epsilon": lcfg["epsilon"], "min_psnr": lcfg["min_psnr"], "kappa": lcfg["kappa"],
-                    "cover": cfg["directions"]["cover"], "mask": {"kind": "face", **pcfg["mask"]},
-                    "survive_jpeg_quality": pcfg["survive_jpeg_quality"], "visibility": pcfg["visibility"]},
+        "seed": cfg["seed"],
+        # the params' sections under their own names: one schema from params.yaml to the protector
+        "protector": cfg["protector"],
+        "ldman": {k: lcfg[k] for k in ("epsilon", "min_psnr", "kappa")},
+        "directions": {"cover": cfg["directions"]["cover"]},
         "regions": {k: cfg["regions"][k]
                     for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
-        "landmarks": {"backend": cfg["landmarks"]["backend"], "upsample_photo": pcfg["upsample"],
-                      "upsample_chip": cfg["landmarks"]["upsample"],
-                      "fallback_box": cfg["landmarks"]["fallback_box"]},
-        "refine": pcfg["refine"],
-        "strengths": pcfg["strengths"],
-        "face_margin": pcfg["face_margin"],
-        "seed": cfg["seed"],
+        "landmarks": {k: cfg["landmarks"][k] for k in ("backend", "upsample", "fallback_box")},
     }
     if target:
         config["target"] = {"name": target[0], **target[1].config()}
@@ -113,8 +130,9 @@ def untrained_export(stem: str | Path, cfg: dict[str, Any], face_backbone: bool 
 
 
 class Protector:
-    """Loaded export; ``protect(image)`` for photos, ``protect_chip(image)`` for aligned crops;
-    ``with_strength(name)`` for a strength preset."""
+    """Loaded export; ``protect_photos(images)`` / ``protect(image)`` for photos, ``protect_chips`` /
+    ``protect_chip`` for aligned crops; ``with_strength(name)`` for a strength preset. The faces of all
+    the images given in one call are protected together, ``protector.batch_size`` at a time."""
 
     def __init__(self, config: dict[str, Any], generator: Generator, surrogate: nn.Module,
                  target: AttributeClassifier | None = None) -> None:
@@ -128,7 +146,7 @@ class Protector:
         self.target = target.eval().requires_grad_(False) if target is not None else None
         self.generator.requires_grad_(False)
         self.surrogate.requires_grad_(False)
-        self.landmarks = make_backend(config["landmarks"]["backend"], config["landmarks"]["upsample_photo"])
+        self.landmarks = make_backend(config["landmarks"]["backend"], config["protector"]["upsample"])
 
     @classmethod
     def load(cls, stem: str | Path) -> "Protector":
@@ -149,10 +167,16 @@ class Protector:
         target = classifier_from_state(config["target"], state("target")) if "target" in config else None
         return cls(config, g, surrogate_from_state(config["surrogate"], state("surrogate")), target)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The protector's settings: params ``protector`` as exported, with a preset's or a variant's override."""
+        return self.config["protector"]
+
     def variant(self, override: dict[str, Any], generator: Generator | None = None) -> "Protector":
-        """The same networks (and landmark models) with ``override`` merged into the config, or another G."""
+        """The same networks (and landmark models) with ``override`` (of params ``protector``'s keys)
+        merged into the settings, or another G."""
         other = copy.copy(self)
-        other.config = deep_merge(self.config, override)
+        other.config = {**self.config, "protector": deep_merge(self.settings, override)}
         if generator is not None:
             other.generator = generator.eval().requires_grad_(False)
         return other
@@ -161,29 +185,27 @@ class Protector:
         """The protector at a strength preset (``light`` / ``standard`` / ``strong``; None: as loaded)."""
         if name is None:
             return self
-        presets = self.config["strengths"]
+        presets = self.settings["strengths"]
         if name not in presets:
             raise ValueError(f"unknown strength {name!r}; choose one of {sorted(presets)}")
         return self.variant(presets[name] or {})
 
-    # ------------------------------------------------------------------ one face
+    def refine_settings(self) -> RefineSettings:
+        return RefineSettings.from_config(self.settings["refine"], self.config["ldman"]["epsilon"],
+                                          self.settings["survive_jpeg_quality"])
 
-    def _predict(self, x: torch.Tensor, model: AttributeClassifier | None = None) -> dict[str, int]:
+    # ------------------------------------------------------------------ a batch of faces in the frame
+
+    def _calls(self, x: torch.Tensor, model: nn.Module | None = None) -> list[dict[str, int]]:
         with torch.no_grad():
-            return {k: int(v.argmax(1)) for k, v in (model or self.surrogate)(x[None]).items()}
-
-    def audit(self, clean: torch.Tensor, protected: torch.Tensor) -> dict[str, dict[str, int]]:
-        """The audit model's calls on a crop before and after (empty without one)."""
-        if self.target is None:
-            return {}
-        return {"target_before": self._predict(clean, self.target),
-                "target_after": self._predict(protected, self.target)}
+            calls = {k: v.argmax(1).tolist() for k, v in (model or self.generator_surrogate)(x).items()}
+        return [{k: v[i] for k, v in calls.items()} for i in range(len(x))]
 
     def face_region(self, crop: torch.Tensor, points: np.ndarray) -> tuple[torch.Tensor, tuple[float, ...]]:
-        """The mask the face is perturbed in (``protect.mask.kind``): ``face``, the feathered
+        """The mask the face is perturbed in (``mask.kind``): ``face``, the feathered
         landmarks box; ``region``, Algorithm 1's rectangle (the paper's local region); ``crop``, the
         whole crop. crop: 3 x H x W -> (1 x 1 x H x W in [0, 1], its bounding box x0, y0, x1, y1)."""
-        mcfg = self.config["protect"]["mask"]
+        mcfg = self.settings["mask"]
         _, h, w = crop.shape
         if mcfg["kind"] == "crop":
             return torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))
@@ -197,134 +219,196 @@ class Protector:
             (0.0, 0.0, float(w), float(h))
         return mask, box
 
-    def visibility(self, crop: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Each pixel's bound, and its colour part's, in units of epsilon (``protect.visibility``).
+    def visibility(self, crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each pixel's bound, and its colour part's, in units of epsilon (``visibility``).
         ``uniform``: 1 everywhere, colour ``chroma_share`` of it. ``perceptual``: ``jnd_scale`` JNDs
         capped at ``ceiling`` (under 1 on smooth skin, up to ceiling / epsilon in hair and at edges);
         colour ``chroma_share`` of the texture masking above ``colour_floor`` grey levels of local contrast
         (:func:`invisible_face.method.visibility.colour_bound`: none on smooth skin).
-        1 x 3 x H x W, its face mask 1 x 1 x H x W -> (1 x 1 x H x W, the same or None: no colour bound)."""
-        vcfg, epsilon = self.config["protect"]["visibility"], self.config["protect"]["epsilon"]
+        B x 3 x H x W, their face masks B x 1 x H x W -> (B x 1 x H x W, the same or None: no colour bound)."""
+        vcfg, epsilon = self.settings["visibility"], self.config["ldman"]["epsilon"]
         share = vcfg["chroma_share"]
         if vcfg["budget"] == "uniform":
-            budget = torch.ones_like(mask)
+            budget = torch.ones_like(masks)
             return budget, None if share is None else share * budget
         if vcfg["budget"] != "perceptual":
-            raise ValueError(f"protect.visibility.budget: {vcfg['budget']!r}, choose uniform or perceptual")
+            raise ValueError(f"visibility.budget: {vcfg['budget']!r}, choose uniform or perceptual")
         scale, ceiling, window, gain = vcfg["jnd_scale"], vcfg["ceiling"], vcfg["window"], vcfg["texture_gain"]
         colour = None if share is None else \
-            share * colour_bound(crop, scale, ceiling, vcfg["colour_floor"], window, gain) / epsilon
-        return jnd_bound(crop, scale, ceiling, window, gain) / epsilon, colour
+            share * colour_bound(crops, scale, ceiling, vcfg["colour_floor"], window, gain) / epsilon
+        return jnd_bound(crops, scale, ceiling, window, gain) / epsilon, colour
 
-    def protect_face(self, crop: torch.Tensor, points: np.ndarray, labels: dict[str, int] | None = None
-                     ) -> tuple[torch.Tensor, tuple[float, ...], dict, dict, str]:
-        """crop: 3 x H x W in [0, 1] (the face at its own resolution); points: 68 x 2 in crop pixels;
-        labels: the face's true attributes when known (an evaluation, or a user who states them).
-        -> (protected crop, perturbed box in crop pixels, predictions before, after, path)."""
-        pcfg = self.config["protect"]
-        mask, box = self.face_region(crop, points)
+    def protect_frames(self, frames: torch.Tensor, points: list[np.ndarray],
+                       labels: list[dict[str, int]] | None = None) -> list[FaceResult]:
+        """Protect a batch of faces in the working frame, all at once.
+        frames: B x 3 x S x S in [0, 1]; points: B arrays 68 x 2 in frame pixels; labels: each face's
+        true attributes when known (an evaluation, or a user who states them) -> a result per face."""
+        lcfg = self.config["ldman"]
+        regions = [self.face_region(f, p) for f, p in zip(frames, points)]
+        masks, boxes = torch.cat([m for m, _ in regions]), [b for _, b in regions]
         known = None
         if labels is not None:
             n = {k: len(v) for k, v in self.config["attributes"].items()}
-            known = {k: F.one_hot(torch.tensor([labels[k]]), n[k]).bool() for k in n}
-        budget, colour = self.visibility(crop[None], mask)
-        with torch.no_grad():
-            before = {k: int(v.argmax(1)) for k, v in self.generator_surrogate(crop[None]).items()}
-        delta, classes = generator_protect(self.generator, self.generator_surrogate, crop[None],
-                                           mask * budget.clamp(max=1), pcfg["cover"],  # G's trained bound
-                                           pcfg["kappa"], psnr_to_rms(pcfg["min_psnr"]), known)
+            known = {k: F.one_hot(torch.tensor([face[k] for face in labels]), n[k]).bool() for k in n}
+        budget, colour = self.visibility(frames, masks)
+        before = self._calls(frames)
+        cover = self.config["directions"]["cover"]
+        delta, classes = generator_protect(self.generator, self.generator_surrogate, frames,
+                                           masks * budget.clamp(max=1), cover,  # G's trained bound
+                                           lcfg["kappa"], psnr_to_rms(lcfg["min_psnr"]), known)
         if isinstance(self.surrogate, SurrogateEnsemble):  # the other members' sets: each must be fooled too
-            classes = self.surrogate.member_classes(crop[None], classes, pcfg["cover"], known)
+            classes = self.surrogate.member_classes(frames, classes, cover, known)
         # the refinement's first check is G's: a face G protects (to the push margin) takes no step
-        delta, box, logits, path = self._refine(crop, delta, mask, box, classes, budget, colour)
-        out = apply_perturbation(crop[None], delta)[0]
-        after = {k: int(v.argmax(1)) for k, v in first_member_calls(logits).items()}
-        return out, box, before, after, path
+        delta, boxes, logits, paths, steps = self._refine(frames, delta, masks, boxes, classes, budget, colour)
+        protected = apply_perturbation(frames, delta)
+        after = {k: v.argmax(1).tolist() for k, v in first_member_calls(logits).items()}
+        audits = self.audit(frames, protected)
+        return [FaceResult(protected[i], boxes[i], before[i], {k: v[i] for k, v in after.items()}, paths[i],
+                           int(steps[i]), {k: v[i] for k, v in audits.items()}) for i in range(len(frames))]
 
-    def _refine(self, crop: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor, box: tuple[float, ...],
+    def audit(self, clean: torch.Tensor, protected: torch.Tensor) -> dict[str, list[dict[str, int]]]:
+        """The audit model's calls on a batch before and after (empty without one)."""
+        if self.target is None:
+            return {}
+        return {"target_before": self._calls(clean, self.target), "target_after": self._calls(protected, self.target)}
+
+    def _refine(self, frames: torch.Tensor, delta: torch.Tensor, masks: torch.Tensor, boxes: list[tuple[float, ...]],
                 classes: dict[str, torch.Tensor], budget: torch.Tensor, colour: torch.Tensor | None
-                ) -> tuple[torch.Tensor, tuple[float, ...], dict, str]:
-        """G's check and the fallback for a face G leaves unprotected: steps on the surrogate from G's
-        perturbation inside the mask, then over the whole crop (``crop_fallback``) while it is still not
-        protected, both times inside the per-pixel ``budget`` (units of epsilon), its colour part inside
-        ``colour`` (the same units; None: no colour bound), and at least the target SSIM over the
-        perturbed region's box
-        -> (delta, perturbed box, the surrogate's logits on the result, path)."""
-        rcfg, pcfg = self.config["refine"], self.config["protect"]
-        _, h, w = crop.shape
-        quality = pcfg["survive_jpeg_quality"]
-        survive = survives(quality)
-        through = None if quality is None or not rcfg["jpeg_gradient"] else (lambda x: jpeg_differentiable(x, quality))
-        shape = lambda g: shape_step(g, rcfg["chroma_weight"], rcfg["smooth"])
-        masks = [(mask, box)]
+                ) -> tuple[torch.Tensor, list[tuple[float, ...]], dict, list[str], torch.Tensor]:
+        """G's check and the fallback for the faces G leaves unprotected: steps on the surrogate from G's
+        perturbation inside each face's mask, then over the whole frame (``crop_fallback``) for the faces
+        still not protected, both times inside the per-pixel ``budget`` (units of epsilon), its colour
+        part inside ``colour`` (the same units; None: no colour bound), and at least the target SSIM
+        over the perturbed region's box
+        -> (delta, perturbed boxes, the surrogate's logits on the result, paths, steps per face)."""
+        rcfg, settings = self.settings["refine"], self.refine_settings()
+        n, _, h, w = frames.shape
+        epsilon = self.config["ldman"]["epsilon"]
+        passes = [masks]
         if rcfg["crop_fallback"]:
-            masks.append((torch.ones(1, 1, h, w), (0.0, 0.0, float(w), float(h))))
-        identity = None
+            passes.append(torch.ones(n, 1, h, w))
+        clean = None
         if rcfg["keep_identity"]:
             if self.face_member is None:
                 raise ValueError("refine.keep_identity needs a face-backbone surrogate in the export")
             with torch.no_grad():
-                clean = self.face_member.embed(crop[None])
-            identity = lambda x: (self.face_member.embed(x) - clean).norm(dim=1)
-        for tried, (mask, box) in enumerate(masks):
-            chroma_bound = None if colour is None else pcfg["epsilon"] * colour * mask
-            project = perceptual_projection(mask, chroma_bound, pcfg["visibility"]["face_ssim"])
-            delta, fooled, logits, taken = refine_perturbation(
-                self.surrogate, crop[None], delta, mask, classes, pcfg["epsilon"], rcfg["steps"], rcfg["step_size"],
-                rcfg["stop_margin"], rcfg["shrink"], survive, through, shape, rcfg["views"], rcfg["push_margin"],
-                rms=psnr_to_rms(rcfg["min_psnr"]), momentum=rcfg["momentum"], identity=identity,
-                identity_bound=rcfg["identity_bound"], identity_weight=rcfg["identity_weight"],
-                budget=budget, project=project)
-            if fooled.all():
-                return delta, box, logits, "generator" if tried == 0 and int(taken[0]) == 0 else "refined"
-            if rcfg["steps"] == 0:  # G alone: no second mask either
+                clean = self.face_member.embed(frames)
+        delta, boxes = delta.clone(), list(boxes)
+        paths, steps, logits = ["not_protected"] * n, torch.zeros(n, dtype=torch.int64), {}
+        todo = torch.arange(n)  # the faces still not protected
+        for tried, mask in enumerate(passes):
+            mask = mask[todo]
+            chroma_bound = None if colour is None else epsilon * colour[todo] * mask
+            project = perceptual_projection(mask, chroma_bound, self.settings["visibility"]["face_ssim"])
+            identity = None if clean is None else self._identity(clean[todo])
+            sets = {k: c[todo] for k, c in classes.items()}
+            d, fooled, out, taken = refine_perturbation(self.surrogate, frames[todo], delta[todo], mask, sets, settings,
+                                                        budget[todo], project, identity)
+            delta[todo], steps[todo] = d, steps[todo] + taken
+            for k, v in out.items():
+                logits.setdefault(k, torch.zeros(n, v.shape[1]))[todo] = v
+            for j, i in enumerate(todo.tolist()):
+                if tried:
+                    boxes[i] = (0.0, 0.0, float(w), float(h))
+                if fooled[j]:
+                    paths[i] = "generator" if tried == 0 and int(taken[j]) == 0 else "refined"
+            todo = todo[~fooled]
+            if not len(todo) or settings.steps == 0:  # G alone: no second mask either
                 break
-        return delta, box, logits, "not_protected"
+        return delta, boxes, logits, paths, steps
+
+    def _identity(self, clean: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(x, index) -> distances of x's face embeddings from the clean ones of those faces."""
+        face = self.face_member
+        return lambda x, index: (face.embed(x) - clean[index]).norm(dim=1)
+
+    def _in_batches(self, frames: torch.Tensor, points: list[np.ndarray], labels: list[dict[str, int]] | None
+                    ) -> tuple[list[FaceResult], list[float]]:
+        """protect_frames over ``batch_size`` faces at a time -> (results, each face's share of its batch's ms)."""
+        size = self.settings["batch_size"]
+        results, ms = [], []
+        for i in range(0, len(frames), size):
+            t0 = time.perf_counter()
+            results += self.protect_frames(frames[i:i + size], points[i:i + size],
+                                           labels[i:i + size] if labels is not None else None)
+            share = 1000 * (time.perf_counter() - t0) / len(frames[i:i + size])
+            ms += [share] * len(frames[i:i + size])
+        return results, ms
 
     # ------------------------------------------------------------------ photos
 
     def face_crop_box(self, face: Face, height: int, width: int) -> tuple[int, int, int, int]:
         """Square box around a detected face, enlarged like the training chips, inside the photo."""
         x0, y0, x1, y1 = face.box
-        side = max(x1 - x0, y1 - y0) * (1 + 2 * self.config["face_margin"])
+        side = max(x1 - x0, y1 - y0) * (1 + 2 * self.settings["face_margin"])
         side = int(min(side, height, width))
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         left = int(np.clip(round(cx - side / 2), 0, width - side))
         top = int(np.clip(round(cy - side / 2), 0, height - side))
         return left, top, left + side, top + side
 
+    def protect_photos(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, list[FaceRecord]]]:
+        """Protect every face of RGB uint8 H x W x 3 photos, the faces of all of them batched together.
+        A photo without a face comes back unchanged. -> (protected photo, a record per face) per photo."""
+        size = self.settings["frame_size"]
+        outs = [to_tensor(image) for image in images]
+        jobs, frames, points = [], [], []  # (photo, face, crop box) per face
+        for p, image in enumerate(images):
+            h, w = image.shape[:2]
+            for face in self.landmarks.detect(image):
+                left, top, right, bottom = self.face_crop_box(face, h, w)
+                crop = outs[p][:, top:bottom, left:right]
+                jobs.append((p, face, (left, top, right, bottom)))
+                frames.append(to_frame(crop, size))
+                points.append(frame_points(face.points - np.array([left, top], dtype=np.float32),
+                                           bottom - top, right - left, size))
+        if not jobs:
+            return [(image, []) for image in images]
+        frames_t = torch.stack(frames)
+        results, ms = self._in_batches(frames_t, points, None)
+        changes = []
+        for (p, face, (left, top, right, bottom)), frame, result in zip(jobs, frames_t, results):
+            changes.append(from_frame(result.protected - frame, bottom - top, right - left))
+        # every change is added to the clean photo (faces whose crops overlap both keep theirs)
+        records: list[list[FaceRecord]] = [[] for _ in images]
+        for (p, face, (left, top, right, bottom)), change, result, face_ms in zip(jobs, changes, results, ms):
+            outs[p][:, top:bottom, left:right] += change
+            region = box_from_frame(result.box, bottom - top, right - left, size, (left, top))
+            records[p].append(FaceRecord(box=[float(v) for v in face.box], region=region, detected=True,
+                                         score=face.score, ms=face_ms, path=result.path, steps=result.steps,
+                                         predicted_before=result.before, predicted_after=result.after,
+                                         **result.audit))
+        return [(to_uint8(out.clamp(0, 1)), recs) for out, recs in zip(outs, records)]
+
     def protect(self, image: np.ndarray) -> tuple[np.ndarray, list[FaceRecord]]:
-        """Protect every face of an RGB uint8 H x W x 3 photo. No face: the photo comes back unchanged."""
-        h, w = image.shape[:2]
-        out = to_tensor(image)
-        records = []
-        for face in self.landmarks.detect(image):
-            t0 = time.perf_counter()
-            left, top, right, bottom = self.face_crop_box(face, h, w)
-            crop = out[:, top:bottom, left:right].clone()
-            points = face.points - np.array([left, top], dtype=np.float32)
-            protected, rect, before, after, path = self.protect_face(crop, points)
-            out[:, top:bottom, left:right] = protected
-            records.append(FaceRecord(
-                box=[float(v) for v in face.box],
-                region=[rect[0] + left, rect[1] + top, rect[2] + left, rect[3] + top],
-                detected=True, score=face.score, ms=1000 * (time.perf_counter() - t0), path=path,
-                predicted_before=before, predicted_after=after, **self.audit(crop, protected)))
-        return to_uint8(out), records
+        """Protect every face of one RGB uint8 H x W x 3 photo (:meth:`protect_photos`)."""
+        return self.protect_photos([image])[0]
+
+    def protect_chips(self, images: list[np.ndarray], labels: list[dict[str, int]] | None = None
+                      ) -> list[tuple[np.ndarray, list[FaceRecord]]]:
+        """Protect aligned face crops (``--aligned``), each one face, batched: no photo-level detection.
+        ``labels``: their true attributes when known (see :meth:`protect_frames`)."""
+        size, lcfg = self.settings["frame_size"], self.config["landmarks"]
+        faces = [self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample"]) for image in images]
+        crops = [to_tensor(image) for image in images]
+        frames = torch.stack([to_frame(c, size) for c in crops])
+        points = [frame_points(f.points, *c.shape[1:], size) for f, c in zip(faces, crops)]
+        results, ms = self._in_batches(frames, points, labels)
+        out = []
+        for face, crop, frame, result, face_ms in zip(faces, crops, frames, results, ms):
+            _, h, w = crop.shape
+            protected = (crop + from_frame(result.protected - frame, h, w)).clamp(0, 1)
+            record = FaceRecord(box=[float(v) for v in face.box], region=box_from_frame(result.box, h, w, size),
+                                detected=face.detected, score=face.score, ms=face_ms, path=result.path,
+                                steps=result.steps, predicted_before=result.before, predicted_after=result.after,
+                                **result.audit)
+            out.append((to_uint8(protected), [record]))
+        return out
 
     def protect_chip(self, image: np.ndarray, labels: dict[str, int] | None = None
                      ) -> tuple[np.ndarray, list[FaceRecord]]:
-        """Protect an aligned face crop as one face (``--aligned``): no photo-level detection.
-        ``labels``: its true attributes when known (see ``protect_face``)."""
-        t0 = time.perf_counter()
-        lcfg = self.config["landmarks"]
-        face = self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample_chip"])
-        crop = to_tensor(image)
-        protected, rect, before, after, path = self.protect_face(crop, face.points, labels)
-        record = FaceRecord(box=[float(v) for v in face.box], region=list(rect), detected=face.detected,
-                            score=face.score, ms=1000 * (time.perf_counter() - t0), path=path,
-                            predicted_before=before, predicted_after=after, **self.audit(crop, protected))
-        return to_uint8(protected), [record]
+        """Protect one aligned face crop (:meth:`protect_chips`)."""
+        return self.protect_chips([image], None if labels is None else [labels])[0]
 
 
 def records_as_dicts(records: list[FaceRecord]) -> list[dict[str, Any]]:
