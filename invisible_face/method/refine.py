@@ -293,16 +293,15 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
             (g,) = torch.autograd.grad((distance - 0.8 * s.identity_bound).clamp_min(0).sum(), d)
             grad = unit_rms(grad) + s.identity_weight * unit_rms(g)
         grad = s.shape(grad.float()) * mask[active]
-        velocity[active] = s.momentum * velocity[active] + unit_rms(grad)  # damps the bouncing between heads
+        # only the faces short of the push move on (each of these is per face, so the others need none of it)
         stepping = ~now_reached
-        moved = d.detach() - s.step_size * s.epsilon * unit_rms(velocity[active]) * area[active]
+        active, x = active[stepping], x[stepping]
+        velocity[active] = s.momentum * velocity[active] + unit_rms(grad[stepping])  # damps the bouncing between heads
+        moved = d.detach()[stepping] - s.step_size * s.epsilon * unit_rms(velocity[active]) * area[active]
         moved = torch.maximum(torch.minimum(moved, bound[active]), -bound[active])
         moved = (x + (cap_rms(moved, rms) if math.isfinite(rms) else moved)).clamp(0, 1) - x
-        if project is not None:
-            moved = project(x, moved, active)
-        delta[active] = torch.where(stepping.view(-1, 1, 1, 1), moved, d.detach())
-        taken[active] += stepping.long()
-        active = active[stepping]
+        delta[active] = project(x, moved, active) if project is not None else moved
+        taken[active] += 1
     delta = delta.detach()
     fall_back = was_fooled & ~fooled  # pushed, ended short of the push and of the stop: back to the last fooled step
     if fall_back.any():

@@ -191,6 +191,7 @@ class Protector:
         return self.variant(presets[name] or {})
 
     def refine_settings(self) -> RefineSettings:
+        """The refinement's settings at this preset or variant."""
         return RefineSettings.from_config(self.settings["refine"], self.config["ldman"]["epsilon"],
                                           self.settings["survive_jpeg_quality"])
 
@@ -366,13 +367,10 @@ class Protector:
             return [(image, []) for image in images]
         frames_t = torch.stack(frames)
         results, ms = self._in_batches(frames_t, points, None)
-        changes = []
-        for (p, face, (left, top, right, bottom)), frame, result in zip(jobs, frames_t, results):
-            changes.append(from_frame(result.protected - frame, bottom - top, right - left))
-        # every change is added to the clean photo (faces whose crops overlap both keep theirs)
+        # each change is added to the clean photo (faces whose crops overlap both keep theirs)
         records: list[list[FaceRecord]] = [[] for _ in images]
-        for (p, face, (left, top, right, bottom)), change, result, face_ms in zip(jobs, changes, results, ms):
-            outs[p][:, top:bottom, left:right] += change
+        for (p, face, (left, top, right, bottom)), frame, result, face_ms in zip(jobs, frames_t, results, ms):
+            outs[p][:, top:bottom, left:right] += from_frame(result.protected - frame, bottom - top, right - left)
             region = box_from_frame(result.box, bottom - top, right - left, size, (left, top))
             records[p].append(FaceRecord(box=[float(v) for v in face.box], region=region, detected=True,
                                          score=face.score, ms=face_ms, path=result.path, steps=result.steps,
