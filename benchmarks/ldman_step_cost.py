@@ -1,11 +1,11 @@
 """ms per LD-MAN training step (G's forward and backward, D's step) with each loss term on top of
-L_adv alone, measured in the same process on the same batch, so a term's cost can be weighed
+L_distill alone, measured in the same process on the same batch, so a term's cost can be weighed
 against what it brings to the validation figures (docs/results.md).
 
     python benchmarks/ldman_step_cost.py [--batch 32] [--repeats 10] [--threads 2]
 
-Needs the classifiers, denoiser and directions stages' outputs (artifacts/). Prints one line per
-configuration: the terms on, ms per step (median over repeats), and the extra over L_adv alone.
+Needs the classifiers, denoiser and answers stages' outputs (artifacts/). Prints one line per
+configuration: the terms on, ms per step (median over repeats), and the extra over L_distill alone.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import time
 import numpy as np
 import torch
 
-from invisible_face.data.faces import FaceAttributes
 from invisible_face.method.denoiser import Denoiser
 from invisible_face.method.ldman import Discriminator
-from invisible_face.method.ldman_training import GeneratorSet, chip_masks, ldman_config, new_generator, step_losses
+from invisible_face.method.ldman_training import GeneratorSet, ldman_config, new_generator, step_losses
 from invisible_face.method.losses import discriminator_loss
 from invisible_face.models.networks import load_classifier
 from invisible_face.models.perceptual import Perceptual, SurrogateFeatures
@@ -36,12 +35,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     config = ldman_config(load_params())
-    faces = FaceAttributes(config["manifest"], config["image_dir"], config["train_splits"], list(config["attributes"]),
-                           size=config["work_size"], limit=args.batch, seed=config["seed"])
-    masks = chip_masks(faces.table["file"].tolist(), dict(np.load(config["landmarks"])), config["chip_size"],
-                       config["work_size"], config["mask"])
-    data = GeneratorSet(faces, masks, dict(np.load(config["directions"])))
-    batch = [torch.stack([data[i][j] for i in range(len(data))]) for j in range(4)]
+    data = GeneratorSet(dict(np.load(config["answers"])), "train", args.batch)
+    batch = [torch.stack([data[i][j] for i in range(len(data))]) for j in range(6)]
     surrogate = load_classifier(config["surrogate"]).requires_grad_(False)
     rp = Denoiser(config["rp_width"])
     rp.load_state_dict(torch.load(config["rp"], map_location="cpu", weights_only=True))
@@ -63,20 +58,20 @@ def main() -> None:
         return float(np.median(times[1:]))
 
     base = copy.deepcopy(config)
-    base["loss_weights"] = {k: (1.0 if k == "adv" else 0.0) for k in config["loss_weights"]}
+    base["loss_weights"] = {k: (1.0 if k == "distill" else 0.0) for k in config["loss_weights"]}
     base["lambda_gan"] = 0.0
     adv_only = step_ms(base)
     print(f"batch {args.batch}, {args.threads} threads, work size {config['work_size']} px")
     print(f"{'terms':<24}{'ms/step':>10}{'extra':>10}")
-    print(f"{'adv':<24}{adv_only:>10.1f}{0.0:>10.1f}")
-    for term in ("robust", "per", "nat", "sem", "adv_rp", "gan"):
+    print(f"{'distill':<24}{adv_only:>10.1f}{0.0:>10.1f}")
+    for term in ("adv", "robust", "per", "nat", "sem", "adv_rp", "gan"):
         cfg = copy.deepcopy(base)
         if term == "gan":
             cfg["lambda_gan"] = config["lambda_gan"] or 0.02
         else:
             cfg["loss_weights"][term] = 1.0
         ms = step_ms(cfg)
-        print(f"{'adv + ' + term:<24}{ms:>10.1f}{ms - adv_only:>10.1f}")
+        print(f"{'distill + ' + term:<24}{ms:>10.1f}{ms - adv_only:>10.1f}")
     ms = step_ms(config)
     print(f"{'all (params.yaml)':<24}{ms:>10.1f}{ms - adv_only:>10.1f}")
 

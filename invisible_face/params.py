@@ -21,14 +21,14 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         return yaml.safe_load(f)
 
 
-def with_tuned_weights(params: dict[str, Any], weights: str | Path | None) -> dict[str, Any]:
-    """``params`` with the tune stage's best loss weights (its ``best.json``) in ``ldman``;
-    unchanged when ``weights`` is None."""
-    if weights:
-        import json
+def with_tuned(params: dict[str, Any], best: str | Path | None) -> dict[str, Any]:
+    """``params`` with the tune stage's choice (its ``best.json``: overrides of params' own sections,
+    ``ldman.loss_weights`` and ``protector.refine``'s step schedule) merged in; unchanged when ``best`` is None."""
+    if not best:
+        return params
+    import json
 
-        params["ldman"].update(json.loads(Path(weights).read_text()))
-    return params
+    return deep_merge(params, json.loads(Path(best).read_text()))
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

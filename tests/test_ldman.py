@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import write_chip
+from invisible_face.data.faces import FaceAttributes
 from invisible_face.method.denoiser import Denoiser
-from invisible_face.method.directions import pack_signs, set_direction
 from invisible_face.method.ldman import (
     Generator,
     generator_perturbation,
@@ -19,9 +19,11 @@ from invisible_face.method.ldman import (
     resize,
     sets_vector,
 )
-from invisible_face.method.ldman_training import chip_masks, train_ldman
+from invisible_face.method.ldman_training import GeneratorSet, chip_masks, distill_loss, train_ldman
+from invisible_face.models.classifiers import surrogate_path
 from invisible_face.models.margins import attribute_margins, plausible_classes, set_margin_loss
 from invisible_face.models.networks import build_classifier, save_classifier
+from invisible_face.protect.frame import to_frame
 from invisible_face.protect.protector import FORMAT_VERSION, Protector, export_protector
 
 ATTRS = {"gender": 2, "age_bin": 5, "race": 5}
@@ -37,10 +39,13 @@ def fake_landmarks(rng: np.random.Generator) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ldman_env(tmp_path_factory, params):
-    """A tiny but complete set of LD-MAN inputs: chips, manifest, surrogate, RP, landmarks, directions."""
+    """A tiny but complete set of LD-MAN inputs, laid out as the stages write them under an artifacts
+    folder: chips, manifest, surrogate, RP, landmarks, and the answers stage's answers.npz (made by its own
+    function, :func:`refinement_answers`, with a protector that starts from zero)."""
     import pandas as pd
+    from PIL import Image
 
-    from invisible_face.data.faces import FaceAttributes
+    from invisible_face.protect.answers import params_protector, refinement_answers
 
     root = tmp_path_factory.mktemp("ldman")
     (root / "img").mkdir()
@@ -51,11 +56,13 @@ def ldman_env(tmp_path_factory, params):
         rows.append({"file": name, "age": 20 + i, "gender": i % 2, "race": i % 5, "age_bin": 1,
                      "split": "surrogate_train" if i < 8 else "val"})
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    cfg = copy.deepcopy(params)
+    cfg["classifiers"]["face_surrogate"] = None  # the ResNet-18 alone: seconds, not minutes
+    cfg["data"]["image_dir"] = str(root / "img")
     torch.manual_seed(0)
     surrogate = build_classifier("resnet18", ATTRS, input_size=WORK).eval()
-    save_classifier(surrogate, root / "surrogate.pt")
+    save_classifier(surrogate, surrogate_path(cfg, root / "classifiers/models"))
     torch.save(Denoiser(8).state_dict(), root / "rp.pt")
-
     files = np.array([r["file"] for r in rows])
     rng = np.random.default_rng(0)
     points = np.stack([fake_landmarks(rng) for _ in files])
@@ -63,30 +70,26 @@ def ldman_env(tmp_path_factory, params):
              box=np.tile(np.array([[12, 12, 52, 58]], np.float32), (len(files), 1)),
              score=np.ones(len(files), np.float32), detected=np.ones(len(files), bool), backend=np.array("dlib"))
 
-    cfg = copy.deepcopy(params)
-    # as the directions stage does: DP and the plausible sets at G's work size for LD-MAN's training chips
-    faces = FaceAttributes(root / "manifest.csv", root / "img", ["surrogate_train"], list(ATTRS), size=WORK)
-    direction, classes = set_direction(surrogate, faces.images.float() / 255, cfg["directions"]["cover"],
-                                       cfg["ldman"]["kappa"])
-    np.savez(root / "directions.npz", files=faces.table["file"].to_numpy().astype(str),
-             sets=sets_vector(classes).bool().numpy(),
-             bits=np.stack([np.frombuffer(pack_signs(d)[0], np.uint8) for d in direction]),
-             shape=np.array(direction.shape[1:]))
-
+    cfg["protector"]["refine"].update(steps=3)  # a short refinement: these are tests, not protection
     lcfg = {**cfg["ldman"], "image_size": CHIP, "work_size": WORK, "out_size": OUT, "train_images": 8,
-            "val_images": 4, "batch_size": 4, "epochs": 1, "g_width": 8, "g_blocks": 1, "d_width": 8}
+            "batch_size": 4, "epochs": 1, "val_every": 1, "g_width": 8, "g_blocks": 1, "d_width": 8}
     cfg["ldman"] = lcfg
     cfg["validate"]["expected_size"] = [CHIP, CHIP]
-    config = {**lcfg, "seed": 0, "attributes": ATTRS, "manifest": str(root / "manifest.csv"),
-              "image_dir": str(root / "img"), "surrogate": str(root / "surrogate.pt"), "rp": str(root / "rp.pt"),
-              "rp_width": 8, "landmarks": str(root / "landmarks.npz"), "directions": str(root / "directions.npz"),
-              "chip_size": CHIP, "cover": cfg["directions"]["cover"],
-              "stop_margin": cfg["protector"]["refine"]["stop_margin"], "mask": cfg["protector"]["mask"]}
+    images = [np.asarray(Image.open(root / "img" / f).convert("RGB")) for f in files]
+    answers = refinement_answers(params_protector(cfg, None, surrogate), images, WORK, cfg["directions"]["cover"],
+                                 lcfg["kappa"])
+    (root / "answers").mkdir()
+    np.savez(root / "answers/answers.npz", files=files, split=np.array(["train"] * 8 + ["val"] * 4),
+             shape=np.array([3, WORK, WORK]), **answers)
+    config = {**lcfg, "seed": 0, "attributes": ATTRS, "set_size": sum(ATTRS.values()),
+              "surrogate": str(surrogate_path(cfg, root / "classifiers/models")), "rp": str(root / "rp.pt"),
+              "rp_width": 8, "answers": str(root / "answers/answers.npz")}
     chips = FaceAttributes(root / "manifest.csv", root / "img", ["surrogate_train", "val"], list(ATTRS), size=CHIP)
     masks = chip_masks(chips.table["file"].tolist(), dict(np.load(root / "landmarks.npz")), CHIP, CHIP,
                        cfg["protector"]["mask"])
-    return {"root": root, "config": config, "cfg": cfg, "surrogate": surrogate,
-            "images": chips.images.float() / 255, "masks": masks}
+    return {"root": root, "config": config, "cfg": cfg, "surrogate": surrogate, "answers": answers,
+            "images": chips.images.float() / 255, "masks": masks, "cover": cfg["directions"]["cover"],
+            "kappa": lcfg["kappa"], "epsilon": lcfg["epsilon"], "min_psnr": lcfg["min_psnr"]}
 
 
 def small_generator(cfg: dict, seed: int = 1, **kw) -> Generator:
@@ -103,14 +106,14 @@ def as_chip(image: torch.Tensor) -> np.ndarray:
 
 
 def test_budget_mask_and_psnr_cap_hold_for_a_wild_generator(ldman_env):
-    cfg = ldman_env["config"]
+    cfg = {**ldman_env["config"], "cover": ldman_env["cover"]}
     images, masks = ldman_env["images"][:4].clone(), ldman_env["masks"][:4]
     images[0, :, 20:40, 20:40] = 1.0  # saturated pixels: the valid range must clip the perturbation
     g = small_generator(ldman_env["cfg"])
     with torch.no_grad():
         for p in g.parameters():
             p.mul_(50)  # a wild generator must still be bounded
-    rms = psnr_to_rms(cfg["min_psnr"] + 6)  # a floor above what the face mask alone keeps, so the cap binds
+    rms = psnr_to_rms(40.0)  # a floor above what the face mask alone keeps, so the cap binds
     delta, classes = generator_protect(g, ldman_env["surrogate"], images, masks, cfg["cover"], cfg["kappa"], rms)
     assert set(classes) == set(ATTRS) and delta.shape == images.shape
     assert delta.abs().max() <= cfg["epsilon"] + 1e-6
@@ -128,18 +131,44 @@ def test_budget_mask_and_psnr_cap_hold_for_a_wild_generator(ldman_env):
 # ------------------------------------------------------------------------------------------- training
 
 
-def test_two_step_fit_with_two_ray_workers(ldman_env, ray_cluster, tmp_path):
-    config = ldman_env["config"]  # 8 chips, global batch 4 over 2 workers: 2 steps per epoch
+def test_answers_hold_what_g_learns_from_as_the_protector_computes_it(ldman_env):
+    answers, n = ldman_env["answers"], 12
+    assert answers["image"].shape == (n, 3, WORK, WORK) and answers["image"].dtype == np.uint8
+    assert answers["target"].shape == (n, 3, WORK, WORK) and answers["bound"].shape == (n, 1, WORK, WORK)
+    assert answers["sets"].shape == (n, sum(ATTRS.values())) and answers["sets"].any(1).all()
+    assert (answers["steps"] >= 0).all() and (answers["steps"] <= 2 * 4).all()  # 3 steps a mask, 2 masks, + checks
+    assert (answers["bound"] >= 0).all() and (answers["bound"] <= 1).all()  # G's bound: at most epsilon
+    moved = np.abs(answers["target"].astype(np.float32)).reshape(n, -1).max(1)
+    assert (moved[answers["steps"] > 0] > 0).all()  # a face that took steps was changed
+    data = GeneratorSet({k: np.asarray(v) for k, v in np.load(ldman_env["config"]["answers"]).items()}, "val")
+    image, bound, sets, direction, target, protected = data[0]
+    assert len(data) == 4 and image.max() <= 1 and set(direction.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_distill_loss_counts_protected_faces_only_in_units_of_epsilon():
+    target = torch.zeros(2, 3, 4, 4)
+    delta = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), 9.0)])
+    assert distill_loss(delta, target, torch.tensor([1.0, 0.0]), epsilon=0.5).item() == pytest.approx(1.0)
+    assert distill_loss(delta, target, torch.tensor([1.0, 1.0]), epsilon=0.5).item() == pytest.approx((1 + 324) / 2)
+
+
+def test_two_step_fit_with_two_ray_workers_checks_g_as_the_protectors_start(ldman_env, ray_cluster, tmp_path):
+    from invisible_face.protect.answers import start_check
+
+    check = start_check(ldman_env["cfg"], artifacts=ldman_env["root"], within=2)
+    config = {**ldman_env["config"], "check": check}  # 8 faces, global batch 4 over 2 workers: 2 steps per epoch
     generator, history = train_ldman(config, name="tiny-ldman", storage_path=tmp_path,
                                      scaling={"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1,
                                               "max_failures": 0, "keep_checkpoints": 1})
     assert len(history) == 1 and len(history[0]["step_losses"]) == 2
-    for key in ("adv", "robust", "per", "nat", "sem", "adv_rp", "gan", "d", "total"):
+    for key in ("distill", "adv", "robust", "per", "nat", "sem", "adv_rp", "gan", "d", "total"):
         assert np.isfinite([s[key] for s in history[0]["step_losses"]]).all(), key
     last = history[0]
-    for key in ("val_protected_share", "val_mosr", "val_ssim", "val_hpn", "val_hpn_protected"):
+    for key in ("val_g_alone_share", "val_protected_share", "val_protected_within_steps"):
         assert 0 <= last[key] <= 1, key
-    assert last["val_ssim"] > 0 and last["val_psnr"] >= config["min_psnr"] - 0.5  # the RMS cap, 8-bit rounded
+    assert last["val_protected_within_steps"] <= last["val_protected_share"]
+    assert last["val_g_alone_share"] <= last["val_protected_within_steps"]
+    assert last["val_steps_mean"] >= 0 and last["val_ms_per_face"] > 0 and last["train_minutes"] > 0
     assert isinstance(generator, Generator) and not generator.training
     assert generator.config()["work_size"] == WORK and generator.use_sets and generator.use_direction
 
@@ -317,10 +346,14 @@ def test_export_refuses_pickles(ldman_env, tmp_path):
 # ----------------------------------------------------------------------------------------------- tune
 
 
-def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, monkeypatch, params):
+def test_two_trial_tune_run_nests_mlflow_runs_and_reruns_the_best_with_another_seed(
+        ldman_env, ray_cluster, tmp_path, monkeypatch, params):
+    import functools
+
     import mlflow
 
     from invisible_face.method.tuning import OBJECTIVE, tune_weights
+    from invisible_face.protect.answers import start_check
     from invisible_face.tracking import setup_mlflow, tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -328,16 +361,18 @@ def test_two_trial_tune_run_nests_mlflow_runs(ldman_env, ray_cluster, tmp_path, 
     tcfg = {**params["tune"], "num_samples": 2, "grace_period": 2}  # epochs 1: no early stop
     scaling = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0, "keep_checkpoints": 1}
     base = ldman_env["config"]
+    make_check = functools.partial(start_check, ldman_env["cfg"], artifacts=ldman_env["root"], within=2)
     with mlflow.start_run(run_name="tune") as parent:
         tracking = {"uri": tracking_uri(), "experiment_id": experiment_id, "parent_run_id": parent.info.run_id}
-        best, trials = tune_weights(base, tcfg, scaling, tmp_path / "ray", tracking, seed=0)
-    assert len(trials) == 2 and trials[OBJECTIVE].notna().all() and trials["val_protected_share"].notna().all()
-    weights = best["loss_weights"]
-    tuned = tcfg["weight_bounds"]
-    assert set(weights) == set(base["loss_weights"]) and weights["adv"] == base["loss_weights"]["adv"]
-    for name in tuned:
-        low, high = tcfg["weight_bounds"][name]
+        best, trials, again = tune_weights(base, tcfg, make_check, scaling, tmp_path / "ray", tracking, seed=0)
+    assert len(trials) == 2 and trials[OBJECTIVE].notna().all() and trials["val_steps_mean"].notna().all()
+    assert again[OBJECTIVE] is not None and 0 <= again[OBJECTIVE] <= 1  # the best, with the next seed
+    weights, refine = best["ldman"]["loss_weights"], best["protector"]["refine"]
+    assert set(weights) == set(base["loss_weights"]) and weights["distill"] == base["loss_weights"]["distill"]
+    for name, (low, high) in tcfg["weight_bounds"].items():
         assert low <= weights[name] <= high, name
+    for name, (low, high) in tcfg["refine_bounds"].items():
+        assert low <= refine[name] <= high, name
     assert weights["per"] in set(trials["w_per"])  # the best is one of the trials
     children = mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2 and children[f"metrics.{OBJECTIVE}"].notna().all()
@@ -376,8 +411,9 @@ def test_the_sets_are_the_given_labels_or_the_plausible_classes_with_the_exports
     to_g.clear()
     spy_refinement.clear()
     protector.protect_chip(chip)
-    with torch.no_grad():  # the clean call at G's work size, as G and DP see the face
-        logits = protector.surrogate(resize(torch.from_numpy(chip).permute(2, 0, 1)[None].float() / 255, WORK))
+    with torch.no_grad():  # the clean call on the working frame, as DP and the refinement see the face
+        frame = to_frame(torch.from_numpy(chip).permute(2, 0, 1).float() / 255, cfg["protector"]["frame_size"])
+        logits = protector.surrogate(frame[None])
     for k, v in logits.items():
         expected = plausible_classes(v, 0.6)
         assert torch.equal(to_g[0][k], expected) and torch.equal(spy_refinement[0]["classes"][k], expected), k

@@ -4,8 +4,10 @@ Outputs (artifacts/evaluate/): metrics.json (the headline figures, then per meth
 transfer.csv (method x model MOSR), robustness.csv + robustness.png (MOSR after each post-processing,
 every method), frontier.csv + frontier.png (the adversaries' MOSR against PSNR at several strengths of
 each method), budget_frontier.csv + budget_frontier.png (reach against face SSIM, the perceptual and the
-uniform budget at matched visibility), region_crops.png (forehead, cheek and hair at 2x per preset),
-grid_<method>.png, perturbation_kde.png, report.md (beside the paper's Tables I, II, V, VI and IX).
+uniform budget at matched visibility), g_start.csv + g_start.png (reach and protected share against ms per
+face: G's start at each refinement step cap, the deployed protector and the refinement from zero),
+region_crops.png (forehead, cheek and hair at 2x per preset), grid_<method>.png, perturbation_kde.png,
+report.md (beside the paper's Tables I, II, V, VI and IX).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from invisible_face.evaluate.experiment import (
     run_all,
     write_tables,
 )
+from invisible_face.evaluate.g_start import g_start_figure, g_start_table
 from invisible_face.evaluate.headline import top_figures
 from invisible_face.evaluate.methods import VARIANTS, chips_of, evaluation_methods, frontier_families
 from invisible_face.evaluate.report import render_report
@@ -107,6 +110,9 @@ def main() -> None:
     budget_table = budget_frontier_table(results, methods.points)
     budget_table.to_csv(out / "budget_frontier.csv", index=False)
     budget_frontier_figure(budget_table, out / "budget_frontier.png")
+    g_table = g_start_table(results, {"invisible_face": run.test_records, **run.variant_records})
+    g_table.to_csv(out / "g_start.csv", index=False)
+    g_start_figure(g_table, out / "g_start.png")
     # forehead, cheek and hair of the first faces at 2x, clean and at each preset
     clean_crops = variant_data.images[:ecfg["crop_faces"]]
     region_crops(clean_crops, preset_crops(clean_crops, run.deltas), faces_points[:ecfg["crop_faces"]],
@@ -117,7 +123,7 @@ def main() -> None:
     # how far label-free protection can go with this surrogate: see truth_in_cover
     results["invisible_face"]["truth_in_cover"] = truth_in_cover(data.clean_calls("surrogate", surrogate), data.labels,
                                                                  protector.config["directions"]["cover"])
-    top = top_figures(results, robust, run.test_records, list(members), PATHS, budget_table, frontier)
+    top = top_figures(results, robust, run.test_records, list(members), PATHS, budget_table, frontier, g_table)
     metrics = {**top, **metrics}
     stage.write_metrics(metrics, show=False)
     (out / "report.md").write_text(render_report(results, robust_table, frontier, len(data.images), list(zoo),

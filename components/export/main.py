@@ -1,4 +1,5 @@
-"""export stage: the self-contained protector, from the trained G, the surrogate and the params.
+"""export stage: the self-contained protector, from the trained G, the surrogate and the params (with the
+tune stage's step schedule).
 
 Its own stage so that changing how the protector runs (``protector`` params, refinement, region
 search settings) re-exports in seconds instead of retraining LD-MAN. Outputs (artifacts/export/):
@@ -14,6 +15,7 @@ import torch
 from invisible_face.method.ldman_training import ldman_config, new_generator
 from invisible_face.models.classifiers import classifier_path, load_surrogate
 from invisible_face.models.networks import load_classifier
+from invisible_face.params import with_tuned
 from invisible_face.protect.protector import export_protector
 from invisible_face.stage import Stage, stage_parser
 
@@ -21,8 +23,10 @@ from invisible_face.stage import Stage, stage_parser
 def main() -> None:
     parser = stage_parser(__doc__, "artifacts/export")
     parser.add_argument("--generator", default="artifacts/train/generator.pt")
+    parser.add_argument("--tuned", default=None, help="the tune stage's best.json (its step schedule)")
     stage = Stage.start(parser)
-    args, cfg = stage.args, stage.params
+    args = stage.args
+    cfg = with_tuned(stage.params, args.tuned)
     generator = new_generator(ldman_config(cfg))
     generator.load_state_dict(torch.load(args.generator, map_location="cpu", weights_only=True))
     surrogate = load_surrogate(cfg)  # the ResNet-18, with the face-backbone surrogate when configured

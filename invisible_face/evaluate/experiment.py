@@ -5,7 +5,7 @@ and, where params name it, the adaptive attacker (Table IX); then the tables of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Collection
 
@@ -25,7 +25,7 @@ from invisible_face.evaluate.evaluation import (
     score,
     train_purifier,
 )
-from invisible_face.evaluate.methods import STRENGTHS, Method, Methods
+from invisible_face.evaluate.methods import STRENGTHS, Method, Methods, on_test_chips
 from invisible_face.metrics import mosr
 from invisible_face.models.embedding_adversary import EmbeddingAdversary
 from invisible_face.models.networks import AttributeClassifier, predict
@@ -86,22 +86,28 @@ class Outcome:
     robust: dict[str, dict[str, float]]  # method -> MOSR after each post-processing (and the adaptive attacker)
     deltas: dict[str, torch.Tensor]  # method (not the frontier's _eps ones) -> protected - clean
     test_records: list  # the deployed protector's per-face records on the test chips
+    variant_records: dict[str, list] = field(default_factory=dict)  # each variant's per-face records, on its chips
 
 
 def run_all(methods: Methods, data: TestSet, variant_data: TestSet, judges: Judges,
             adaptive: AdaptiveAttacker | None = None, adaptive_methods: Collection[str] = (),
             grid: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None) -> Outcome:
     """Run and score every method: the protector's presets and variants (``invisible_face_*``) on
-    ``variant_data`` (the first of the test chips; each takes seconds a face), the others on ``data``.
-    The deployed protector (``invisible_face``) is also scored on its first chips, the variants' own, as
-    ``invisible_face_variant_chips``. ``adaptive`` attacks the methods in ``adaptive_methods``; ``grid(name,
-    clean, protected)`` shows each method but the frontier's ``_eps`` ones. Prints one line per method."""
-    results, robust, deltas, test_records = {}, {}, {}, []
+    ``variant_data`` (the first of the test chips; each takes seconds a face), the others and
+    :data:`invisible_face.evaluate.methods.TEST_CHIP_VARIANTS` on ``data``
+    (:func:`invisible_face.evaluate.methods.on_test_chips`). The deployed protector (``invisible_face``) is
+    also scored on its first chips, the variants' own, as ``invisible_face_variant_chips``. ``adaptive``
+    attacks the methods in ``adaptive_methods``; ``grid(name, clean, protected)`` shows each method but the
+    frontier's ``_eps`` ones. Prints one line per method."""
+    results, robust, deltas, test_records, variant_records = {}, {}, {}, [], {}
     for name, protect in methods.methods.items():
-        on = variant_data if name.startswith("invisible_face_") else data
+        on = data if on_test_chips(name) else variant_data
         print(f"evaluate: {name} ({len(on.images)} chips)", flush=True)
         protected, ms = run_method(protect, on)
-        if name == "invisible_face":  # the test chips' records, before the adaptive attacker's chips add theirs
+        # the records of its own chips, before the adaptive attacker's chips add theirs
+        if name in methods.variant_records:
+            variant_records[name] = list(methods.variant_records[name])
+        if name == "invisible_face":
             test_records = list(methods.records)
             # the same protector on the variants' chips: what each variant is compared with
             head = variant_data.images.shape[0]
@@ -118,7 +124,7 @@ def run_all(methods: Methods, data: TestSet, variant_data: TestSet, judges: Judg
             deltas[name] = protected - on.images
             if grid is not None:
                 grid(name, on.images, protected)
-    return Outcome(results, robust, deltas, test_records)
+    return Outcome(results, robust, deltas, test_records, variant_records)
 
 
 def preset_crops(clean: torch.Tensor, deltas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

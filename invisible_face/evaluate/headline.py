@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from invisible_face.evaluate.budgets import budget_frontier_metrics
+from invisible_face.evaluate.g_start import g_start_metrics, record_figures
 from invisible_face.evaluate.methods import STRENGTHS
 
 
@@ -28,15 +29,15 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
     :data:`invisible_face.protect.protector.PATHS`); and the share of its MOSR that survives each
     post-processing (MOSR after / before)."""
     g, p = results["invisible_face_g_only"], results["invisible_face"]
-    ms = np.array([r.ms for r in records])
+    ms, own = np.array([r.ms for r in records]), record_figures(records)
     out = {"g_only_mosr": g["mosr"], "g_only_ssim": g["ssim"], "g_only_psnr": g["psnr"],
            "protector_mosr": p["mosr"], "protector_ssim": p["ssim"], "protector_psnr": p["psnr"],
            "protector_h_pn": p["h_pn"],
            # the share of faces a label-free protector can fool at all (truth_in_cover), and MOSR against it
            "label_free_ceiling": p["truth_in_cover"], "protector_mosr_of_ceiling": p["mosr"] / p["truth_in_cover"]
            if p["truth_in_cover"] else None,
-           "protect_ms_median": float(np.median(ms)), "protect_ms_p90": float(np.percentile(ms, 90)),
-           "refine_steps_mean": float(np.mean([r.steps for r in records]))}
+           "protect_ms_median": own["ms_median"], "protect_ms_p90": float(np.percentile(ms, 90)),
+           "refine_steps_mean": own["steps_mean"]}
     for path in paths:
         taken = [r.ms for r in records if r.path == path]
         # the generator path's share is G's protected share under the deployed stop rule
@@ -52,8 +53,9 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
         if f"invisible_face_{preset}" in results:
             out[f"identity_kept_{preset}"] = results[f"invisible_face_{preset}"].get("identity_kept")
     out |= {k: p[k] for k in ("face_ssim", "face_psnr", "texture_ratio", "skin_delta_e") if k in p}
-    # the variants a change is judged against, beside it: <variant>_<figure>
-    for variant in ("variant_chips", "keep_identity", "uniform", "slow", "one_by_one"):
+    # the variants a change is judged against, beside it: <variant>_<figure> (from_zero: on the test chips)
+    for variant in ("variant_chips", "keep_identity", "uniform", "slow", "one_by_one", "from_zero", "g_steps_1",
+                    "g_steps_2", "g_steps_4"):
         row = results.get(f"invisible_face_{variant}")
         if row is not None:
             figures = {k: row[k] for k in ("mosr", "ssim", "psnr", "face_ssim", "face_psnr", "texture_ratio",
@@ -83,12 +85,17 @@ def at_equal_psnr(frontier: pd.DataFrame, psnr: float, column: str) -> dict[str,
 
 
 def top_figures(results: dict, robust: dict, records: list, members: list[str], paths: Sequence[str],
-                budget_table: pd.DataFrame, frontier: pd.DataFrame) -> dict[str, Any]:
+                budget_table: pd.DataFrame, frontier: pd.DataFrame, g_start: pd.DataFrame | None = None
+                ) -> dict[str, Any]:
     """The top of metrics.json: :func:`headline`, the budget frontier's figures
-    (:func:`invisible_face.evaluate.budgets.budget_frontier_metrics`), and each baseline family's
-    known-backbone fooled share at the deployed protector's PSNR (the equal-PSNR comparison:
+    (:func:`invisible_face.evaluate.budgets.budget_frontier_metrics`), G's start against zero and the step
+    caps when ``g_start`` (:func:`invisible_face.evaluate.g_start.g_start_table`) is given
+    (:func:`invisible_face.evaluate.g_start.g_start_metrics`), and each baseline family's known-backbone
+    fooled share at the deployed protector's PSNR (the equal-PSNR comparison:
     ``<family>_known_backbone_fooled_at_protector_psnr``)."""
     top = headline(results, robust, records, members, paths) | budget_frontier_metrics(budget_table)
+    if g_start is not None:
+        top |= g_start_metrics(g_start)
     for family, value in at_equal_psnr(frontier, top["protector_psnr"], "known_backbone_fooled_mean").items():
         top[f"{family}_known_backbone_fooled_at_protector_psnr"] = value
     return top

@@ -34,6 +34,10 @@ VARIANTS = {
     "invisible_face_known_labels": ({}, True),
     # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
     "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
+    # G's start then at most k steps on the face mask (no crop fallback): what each step adds to G
+    **{f"invisible_face_g_steps_{k}": ({"refine": {"steps": k, "crop_fallback": False}}, False) for k in (1, 2, 4)},
+    # the refinement from zero, no G: what G's start saves (run on the test chips, see TEST_CHIP_VARIANTS)
+    "invisible_face_from_zero": ({"start": "zero"}, False),
     # today's budget before the perceptual one: L-inf epsilon everywhere, no colour bound, no SSIM target
     "invisible_face_uniform": ({"visibility": {"budget": "uniform", "face_ssim": None, "chroma_share": None}},
                                False),
@@ -51,6 +55,9 @@ VARIANTS = {
     # Table V: the whole crop
     "invisible_face_full_region": ({"mask": {"kind": "crop"}}, False),
 }
+# the variants compared with the deployed protector's own headline figures (its steps and ms per face are
+# measured on the test chips), so they run on the same test chips, not on the variants' first ones
+TEST_CHIP_VARIANTS = frozenset({"invisible_face_from_zero"})
 STRENGTHS = ("light", "strong")  # the presets beside the deployed default (standard): invisible_face_<preset>
 
 
@@ -80,6 +87,14 @@ class Methods:
     records: list = field(default_factory=list)  # the deployed protector's per-face records, filled as it runs
     points: dict[tuple[str, float], str] = field(default_factory=dict)  # (budget, face-SSIM target) -> method
     budgets: dict[str, float] = field(default_factory=dict)  # each baseline method -> its L-inf budget
+    variant_records: dict[str, list] = field(default_factory=dict)  # each variant's per-face records, as it runs
+
+
+def on_test_chips(name: str) -> bool:
+    """Whether method ``name`` runs on the test chips: the deployed protector, the baselines and
+    :data:`TEST_CHIP_VARIANTS`; the other presets and variants (``invisible_face_*``) run on the first of
+    them (each takes seconds a face)."""
+    return not name.startswith("invisible_face_") or name in TEST_CHIP_VARIANTS
 
 
 def protector_methods(protector: Any, variants: list[str], budget_frontier: dict[str, list]) -> Methods:
@@ -87,14 +102,17 @@ def protector_methods(protector: Any, variants: list[str], budget_frontier: dict
     ``variants`` (names of :data:`VARIANTS`) and the budget frontier's points (params
     ``evaluate.budget_frontier``: each budget at each target). A point that is a preset's own settings
     (the deployed config counts as ``invisible_face_variant_chips``, its run on the variants' chips) is
-    that preset's run, no method of its own; any other is ``point_name(budget, target)``."""
+    that preset's run, no method of its own; any other is ``point_name(budget, target)``. The deployed
+    protector and each variant collect their per-face records (``records``, ``variant_records``)."""
     records: list = []
     methods = {"invisible_face": protector_method(protector, records=records)}
     for preset in STRENGTHS:
         methods[f"invisible_face_{preset}"] = protector_method(protector.with_strength(preset))
+    variant_records: dict[str, list] = {}
     for name in variants:
         override, known_labels = VARIANTS[name]
-        methods[name] = protector_method(protector.variant(override), known_labels)
+        variant_records[name] = []
+        methods[name] = protector_method(protector.variant(override), known_labels, variant_records[name])
     presets = {"invisible_face_variant_chips": protector.settings} | {
         f"invisible_face_{p}": protector.with_strength(p).settings for p in STRENGTHS}
     points = {}
@@ -105,7 +123,7 @@ def protector_methods(protector: Any, variants: list[str], budget_frontier: dict
             points[(budget, target)] = same[0] if same else point_name(budget, target)
             if not same:
                 methods[points[(budget, target)]] = protector_method(point)
-    return Methods(methods, records, points)
+    return Methods(methods, records, points, variant_records=variant_records)
 
 
 def baseline_budgets(baselines: list[str], frontier: dict[str, list], epsilon: float) -> dict[str, float]:

@@ -3,13 +3,16 @@
 
 G protects a face in one forward pass. It is told three things about the face:
 
-- the face itself, resized to the surrogate's input size (``work_size``): the surrogate sees a
-  64 px resize, so detail G would add at 200 px is averaged away before it matters;
-- what to move away from: the plausible-class sets of the surrogate's clean call
-  (:func:`invisible_face.models.margins.plausible_classes`), as FiLM on the middle blocks. Without them G
+- the face itself, resized to ``work_size`` from the working frame;
+- what to move away from: the plausible-class sets of every ensemble member's clean call
+  (:func:`invisible_face.method.directions.clean_sets`), as FiLM on the middle blocks. Without them G
   would have to guess each face's gender before flipping it;
-- where to start: DP, the sign of one backward pass of the surrogate on the clean face
+- where to start: DP, the sign of one backward pass of the whole ensemble on the clean frame
   (:func:`invisible_face.method.directions.set_direction`), as three extra input planes.
+
+G is the refinement's start (docs/design.md, "The generator"): it learns from the refinement's own
+final answers on its training faces (the ``answers`` stage) beside the adversarial loss, so that the
+refinement finishes from G's output in fewer steps.
 
 It emits a unit perturbation at ``out_size`` px, upsampled smoothly to the crop, weighted by a
 feathered face mask (x^M = A * x, Eq. 1, with a soft A), scaled to epsilon (the L-inf budget) and
@@ -27,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from invisible_face.method.directions import set_direction
-from invisible_face.models.margins import plausible_classes
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -177,21 +179,16 @@ def apply_perturbation(image: torch.Tensor, eps_l: torch.Tensor) -> torch.Tensor
     return (image + eps_l).clamp(0, 1)
 
 
-def generator_protect(generator: Generator, surrogate: nn.Module, crops: torch.Tensor, masks: torch.Tensor,
-                      cover: float, cap: float, rms: float, classes: dict[str, torch.Tensor] | None = None
+def generator_protect(generator: Generator, surrogate: nn.Module, frames: torch.Tensor, masks: torch.Tensor,
+                      cover: float, cap: float, rms: float, known: dict[str, torch.Tensor] | None = None
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The deployed path of G: the surrogate's clean call and DP at G's work size (one forward +
-    backward pass; the forward alone for a G without DP), then one pass of G.
-    crops: B x 3 x H x W; masks: B x 1 x H x W; classes: the sets to steer away from when known
-    (else the clean call's plausible classes) -> (eps_l B x 3 x H x W, the sets {attribute: B x C bool})."""
-    small = resize(crops, generator.work_size)
-    if generator.use_direction:
-        direction, classes = set_direction(surrogate, small, cover, cap, classes)
-    elif classes is None:
-        with torch.no_grad():
-            direction, classes = None, {k: plausible_classes(v, cover) for k, v in surrogate(small).items()}
-    else:
-        direction = None
+    """The deployed path of G: the surrogate's clean call and DP on the working frame (every ensemble
+    member: one forward + backward pass; DP shrunk to G's work size), then one pass of G.
+    frames: B x 3 x H x W; masks: B x 1 x H x W (where, and how much of epsilon, G may change);
+    known: {attribute: B x C bool}, the true labels when known (else the clean call's plausible classes)
+    -> (eps_l B x 3 x H x W, the sets {key: B x C bool}, every member's)."""
+    direction, classes = set_direction(surrogate, frames, cover, cap, known, size=generator.work_size)
     with torch.no_grad():
-        delta = generator_perturbation(generator, crops, masks, sets_vector(classes), direction, rms)
+        delta = generator_perturbation(generator, frames, masks, sets_vector(classes),
+                                       direction if generator.use_direction else None, rms)
     return delta, classes

@@ -1,22 +1,24 @@
 """LD-MAN training on Ray Train (paper V-C, Eq. 20; docs/design.md, "The generator").
 
-G trains at the surrogate's input size (``work_size``, 64 px) on every chip of its training
-splits, for thousands of steps. One step on a batch of chips x with their face masks A, the
-plausible-class sets of the surrogate's clean call and DP (both cached by the ``directions``
-stage, so a step costs no extra backward pass):
+G is the refinement's start: it trains on the faces of the ``answers`` stage, where the deployed
+protector without G has protected each face from zero, at G's work size (``work_size``). One step on
+a batch of faces x with the bound A G may use (mask times perceptual budget), every ensemble member's
+plausible-class sets and DP (G's inputs as the protector computes them) and the refinement's final
+change t:
 
     eps_l   = cap_rms(epsilon * up(G(x, sets, DP)) * A)                         Eq. 6, budget
     x^A     = clip(x + eps_l, 0, 1)                                            Eq. 7
     L_total = sum_name Lambda[name] * L_name + lambda_gan * L_GAN               Eq. 20, 5
 
-with L_adv the capped set margin the refinement also uses (no labels: G learns what the deployed
-protector does), L_per the perturbation's L2 norm, L_nat MMD + TV, L_sem the surrogate-feature
-LPIPS when its weights are cached, else the surrogate-feature distance (invisible_face.models.perceptual),
-+ the contextual loss on the surrogate's features, L_robust
-L_adv after a random recompression of x^A (differentiable JPEG, resize, blur: expectation over
-the transformations an upload meets), and L'_adv L_adv after RP (Eq. 19; off by default, see
-docs/design.md, "RP"). Each epoch ends with the deployed path on validation chips at their own
-resolution (``validate_generator``).
+with L_distill the distance of eps_l from t (in units of epsilon, faces the refinement protected only:
+the dense signal of what the whole ensemble needed, where the adversarial loss alone gave G nothing),
+L_adv the capped set margin of the primary surrogate (the ResNet-18 at its input size), L_per the
+perturbation's L2 norm, L_nat MMD + TV, L_sem the surrogate-feature LPIPS when its weights are
+cached, else the surrogate-feature distance (invisible_face.models.perceptual), + the contextual
+loss on the surrogate's features, L_robust L_adv after a random recompression of x^A (differentiable
+JPEG, resize, blur), and L'_adv L_adv after RP (Eq. 19; off by default, see docs/design.md, "RP").
+Every ``val_every`` epochs, G is checked as the deployed protector's start on validation faces
+(a ``check`` callable, :class:`invisible_face.protect.answers.StartCheck`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from invisible_face.data.faces import FaceAttributes
 from invisible_face.method.denoiser import Denoiser, blend_through_rp
 from invisible_face.method.directions import unpack_signs
 from invisible_face.method.ldman import (
@@ -40,7 +41,6 @@ from invisible_face.method.ldman import (
     Generator,
     face_mask,
     generator_perturbation,
-    generator_protect,
     psnr_to_rms,
 )
 from invisible_face.method.losses import (
@@ -52,13 +52,12 @@ from invisible_face.method.losses import (
     total_variation,
 )
 from invisible_face.method.recompression import random_recompression
-from invisible_face.metrics import fooled_all, h_pn, psnr, ssim
 from invisible_face.models import distributed
-from invisible_face.models.margins import attribute_margins, protected, set_margin_loss
+from invisible_face.models.margins import set_margin_loss
 from invisible_face.models.networks import AttributeClassifier, load_classifier
 from invisible_face.models.perceptual import Perceptual, SurrogateFeatures
 
-LOSS_NAMES = ("adv", "robust", "per", "nat", "sem", "adv_rp")
+LOSS_NAMES = ("distill", "adv", "robust", "per", "nat", "sem", "adv_rp")
 
 
 def chip_points(files: list[str], landmarks: dict[str, np.ndarray], chip_size: int, size: int) -> np.ndarray:
@@ -78,48 +77,62 @@ def chip_masks(files: list[str], landmarks: dict[str, np.ndarray], chip_size: in
 
 
 class GeneratorSet(Dataset):
-    """Chips at G's work size with their face masks and cached sets and DP.
+    """G's training faces from the ``answers`` stage, at G's work size.
 
-    item -> (image 3 x S x S in [0, 1], mask 1 x S x S, sets K bool, direction 3 x S x S of +-1)
+    item -> (image 3 x S x S in [0, 1], bound 1 x S x S (G's mask times the budget, in epsilon),
+    sets K bool (every ensemble member's), direction 3 x S x S of +-1 (DP), target 3 x S x S (the
+    refinement's final change; zeros where it did not protect the face), protected () bool)
     """
 
-    def __init__(self, faces: FaceAttributes, masks: torch.Tensor, directions: dict[str, np.ndarray]) -> None:
-        files = faces.table["file"].tolist()
-        index = {f: i for i, f in enumerate(directions["files"].tolist())}
-        missing = [f for f in files if f not in index]
-        if missing:
-            raise ValueError(f"{len(missing)} chips have no cached direction (e.g. {missing[0]}): the directions "
-                             "stage must cover LD-MAN's training chips")
-        rows = [index[f] for f in files]
-        self.faces, self.masks = faces, masks
-        self.sets = torch.from_numpy(directions["sets"][rows])
-        self.bits, self.shape = directions["bits"][rows], tuple(int(v) for v in directions["shape"])
+    def __init__(self, answers: dict[str, np.ndarray], split: str = "train", limit: int | None = None) -> None:
+        rows = np.flatnonzero(answers["split"] == split)[:limit]
+        if not len(rows):
+            raise ValueError(f"the answers hold no {split!r} faces")
+        self.image = torch.from_numpy(answers["image"][rows])
+        self.bound = torch.from_numpy(answers["bound"][rows])
+        self.target = torch.from_numpy(answers["target"][rows])
+        self.sets = torch.from_numpy(answers["sets"][rows])
+        self.protected = torch.from_numpy(answers["protected"][rows])
+        self.bits, self.shape = answers["bits"][rows], tuple(int(v) for v in answers["shape"])
 
     def __len__(self) -> int:
-        return len(self.faces)
+        return len(self.image)
 
     def __getitem__(self, i: int):
-        return (self.faces[i][0], self.masks[i], self.sets[i],
-                unpack_signs(self.bits[i].tobytes(), self.shape))
+        return (self.image[i].float() / 255, self.bound[i].float(), self.sets[i],
+                unpack_signs(self.bits[i].tobytes(), self.shape), self.target[i].float(), self.protected[i])
 
 
 def split_sets(sets: torch.Tensor, attributes: dict[str, int]) -> dict[str, torch.Tensor]:
-    """B x K side-by-side sets -> {attribute: B x C bool} (inverse of ``sets_vector``)."""
-    return dict(zip(attributes, sets.bool().split(list(attributes.values()), 1)))
+    """B x K side-by-side sets -> {attribute: B x C bool} of the first member (the primary, whose sets
+    come first: ``sets_vector`` of an ensemble's sets)."""
+    return dict(zip(attributes, sets.bool()[:, :sum(attributes.values())].split(list(attributes.values()), 1)))
+
+
+def distill_loss(delta: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """How far G's change is from the refinement's answer, in units of epsilon: mean squared
+    difference per face, weighted (0 for a face the refinement did not protect). B x 3 x H x W -> ()."""
+    per_face = ((delta - target) / epsilon).pow(2).flatten(1).mean(1)
+    return (per_face * weight).sum() / weight.sum().clamp_min(1)
 
 
 def step_losses(generator: Generator, discriminator: Discriminator, surrogate: AttributeClassifier,
                 features: SurrogateFeatures, perceptual: Perceptual, rp: nn.Module | None, images: torch.Tensor,
-                masks: torch.Tensor, sets: torch.Tensor, direction: torch.Tensor, cfg: dict[str, Any]
+                masks: torch.Tensor, sets: torch.Tensor, direction: torch.Tensor, target: torch.Tensor,
+                protected: torch.Tensor, cfg: dict[str, Any]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-    """-> (G's total loss, each term, the protected images for D's step)."""
+    """-> (G's total loss, each term, the protected images for D's step). The adversarial terms ask
+    the primary surrogate at G's work size; ``distill`` pulls G's change to the refinement's answer
+    (``target``), which carries every ensemble member."""
     classes = split_sets(sets, cfg["attributes"])
     delta = generator_perturbation(generator, images, masks, sets, direction if cfg["use_dp"] else None,
                                    psnr_to_rms(cfg["min_psnr"]))
     x_adv = images + delta
     weights = cfg["loss_weights"]
     zero = images.new_zeros(())
-    terms = {"adv": set_margin_loss(surrogate(x_adv), classes, cfg["kappa"]).mean(),
+    terms = {"distill": distill_loss(delta, target, protected.float(), cfg["epsilon"])
+             if weights["distill"] else zero,
+             "adv": set_margin_loss(surrogate(x_adv), classes, cfg["kappa"]).mean() if weights["adv"] else zero,
              "robust": set_margin_loss(surrogate(random_recompression(x_adv, cfg["recompression"])), classes,
                                        cfg["kappa"]).mean() if weights["robust"] else zero,
              "per": perturbation_loss(delta) if weights["per"] else zero,
@@ -138,48 +151,13 @@ def step_losses(generator: Generator, discriminator: Discriminator, surrogate: A
     return total, terms, x_adv
 
 
-@torch.no_grad()
-def validate_generator(generator: Generator, surrogate: AttributeClassifier, images: torch.Tensor,
-                       masks: torch.Tensor, labels: dict[str, torch.Tensor], cfg: dict[str, Any],
-                       batch_size: int = 32) -> dict[str, float]:
-    """G as the protector runs it, on chips at their own resolution, quantised to 8 bits:
-    label-free protected share (every attribute called outside its set by ``stop_margin``),
-    MOSR against the true labels, SSIM, PSNR, H-PN of MOSR, and H-PN of the protected share (the
-    tuning objective, which does not depend on how often the surrogate's clean call is wrong)."""
-    was_training = generator.training
-    generator.eval()
-    shares, fooled, ssims, psnrs = [], [], [], []
-    for i in range(0, len(images), batch_size):
-        x, m = images[i:i + batch_size], masks[i:i + batch_size]
-        delta, classes = generator_protect(generator, surrogate, x, m, cfg["cover"], cfg["kappa"],
-                                           psnr_to_rms(cfg["min_psnr"]))
-        x_adv = ((x + delta) * 255).round() / 255
-        logits = surrogate(x_adv)
-        shares.append(protected(attribute_margins(logits, classes), cfg["stop_margin"]))
-        fooled.append(fooled_all({k: v.argmax(1) for k, v in logits.items()},
-                                 {k: v[i:i + batch_size] for k, v in labels.items()}))
-        ssims.append(ssim(x, x_adv))
-        psnrs.append(psnr(x, x_adv))
-    generator.train(was_training)
-    p = torch.cat(psnrs)
-    out = {"val_protected_share": torch.cat(shares).float().mean().item(),
-           "val_mosr": torch.cat(fooled).float().mean().item(), "val_ssim": torch.cat(ssims).mean().item(),
-           "val_psnr": p[torch.isfinite(p)].mean().item()}
-    out["val_hpn"] = h_pn(out["val_mosr"], out["val_ssim"], out["val_psnr"])
-    out["val_hpn_protected"] = h_pn(out["val_protected_share"], out["val_ssim"], out["val_psnr"])
-    return out
-
-
-def _chips(config: dict[str, Any], splits: list[str], limit: int | None, size: int) -> FaceAttributes:
-    return FaceAttributes(config["manifest"], config["image_dir"], splits, list(config["attributes"]), size=size,
-                          limit=limit, seed=config["seed"])
-
-
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train worker for LD-MAN: DDP over G and D, a checkpoint per epoch, resume on restart.
 
-    ``config``: the ``ldman`` params plus absolute paths (manifest, image_dir, surrogate, rp,
-    landmarks, directions), attributes, seed; optional fail_at_epoch + fail_marker for fault tests.
+    ``config``: the ``ldman`` params plus absolute paths (surrogate, rp, answers), attributes,
+    set_size, seed; ``check``: a callable G -> figures, run on rank 0 every ``val_every`` epochs and at
+    the last (:class:`invisible_face.protect.answers.StartCheck`: G as the deployed protector's start);
+    optional fail_at_epoch + fail_marker for fault tests.
     """
     rank, world, device = distributed.worker_context(config, seed_per_rank=True)
 
@@ -191,11 +169,7 @@ def train_loop(config: dict[str, Any]) -> None:
         rp = Denoiser(config["rp_width"])
         rp.load_state_dict(torch.load(config["rp"], map_location="cpu", weights_only=True))
         rp = rp.to(device).eval().requires_grad_(False)
-    landmarks = dict(np.load(config["landmarks"]))
-    faces = _chips(config, config["train_splits"], config["train_images"], config["work_size"])
-    masks = chip_masks(faces.table["file"].tolist(), landmarks, config["chip_size"], config["work_size"],
-                       config["mask"])
-    train = GeneratorSet(faces, masks, dict(np.load(config["directions"])))
+    train = GeneratorSet(dict(np.load(config["answers"])), "train", config["train_images"])
     loader = distributed.shard_loader(train, config["batch_size"], world, drop_last=True)
 
     generator = new_generator(config)
@@ -206,22 +180,18 @@ def train_loop(config: dict[str, Any]) -> None:
     history, start = distributed.resume(stateful)  # a restarted worker group continues after the last epoch
     generator = ray.train.torch.prepare_model(generator)
     discriminator = ray.train.torch.prepare_model(discriminator)
-    val = None
-    if rank == 0 and config["val_images"]:
-        val_faces = _chips(config, ["val"], config["val_images"], config["chip_size"])
-        val = (val_faces.images.float() / 255,
-               chip_masks(val_faces.table["file"].tolist(), landmarks, config["chip_size"], config["chip_size"],
-                          config["mask"]), val_faces.labels)
+    check = config.get("check") if rank == 0 else None
+    began = time.time() - (history[-1]["train_minutes"] * 60 if history else 0)
 
     for epoch in range(start, config["epochs"] + 1):
         distributed.maybe_inject_failure(config, epoch, rank, world)
         distributed.set_epoch(loader, epoch)
         t0, steps = time.time(), []
-        for images, masks, sets, direction in tqdm(loader, desc=f"LD-MAN epoch {epoch}", disable=rank != 0,
-                                                   mininterval=10, leave=False):
+        for images, bound, sets, direction, target, protected in tqdm(
+                loader, desc=f"LD-MAN epoch {epoch}", disable=rank != 0, mininterval=10, leave=False):
             with distributed.autocast(device):
                 total, terms, x_adv = step_losses(generator, discriminator, surrogate, features, perceptual, rp,
-                                                  images, masks, sets, direction, config)
+                                                  images, bound, sets, direction, target, protected, config)
             opt_g.zero_grad(set_to_none=True)
             total.backward()
             opt_g.step()
@@ -233,9 +203,10 @@ def train_loop(config: dict[str, Any]) -> None:
                 opt_d.step()
             steps.append({"total": total.item(), "d": d_loss.item(), **{k: v.item() for k, v in terms.items()}})
         metrics = {"epoch": epoch, "epoch_time_s": time.time() - t0, "steps": epoch * len(loader),
+                   "train_minutes": (time.time() - began) / 60,
                    **{f"train_{k}": float(np.mean([s[k] for s in steps])) for k in steps[0]}}
-        if val is not None:
-            metrics.update(validate_generator(distributed.unwrap(generator), surrogate, *val, config))
+        if check is not None and (epoch % config["val_every"] == 0 or epoch == config["epochs"]):
+            metrics.update(check(distributed.unwrap(generator)))
         history.append({**metrics, "step_losses": steps})
         distributed.report_epoch(metrics, stateful | {"generator": generator, "discriminator": discriminator},
                                  epoch=epoch, history=history)  # the DDP-wrapped ones: unwrapped there
@@ -243,7 +214,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def new_generator(config: dict[str, Any]) -> Generator:
     """A G shaped by the ``ldman`` settings (``config`` as from :func:`ldman_config`)."""
-    return Generator(config["epsilon"], sum(config["attributes"].values()), config["g_width"], config["g_blocks"],
+    return Generator(config["epsilon"], config["set_size"], config["g_width"], config["g_blocks"],
                      config["work_size"], config["out_size"], use_sets=config["use_sets"],
                      use_direction=config["use_dp"])
 
@@ -263,14 +234,14 @@ def ldman_config(cfg: dict[str, Any], artifacts: str | Path = "artifacts") -> di
     from invisible_face.models.classifiers import attribute_sizes, models_dir, surrogate_path
 
     art = Path(artifacts).resolve()
+    attributes = attribute_sizes(cfg)
+    members = 2 if cfg["classifiers"].get("face_surrogate") else 1  # G is told every member's sets
     return {
-        **cfg["ldman"], "seed": cfg["seed"], "attributes": attribute_sizes(cfg),
-        "manifest": str(art / "validate/manifest.csv"), "image_dir": str(Path(cfg["data"]["image_dir"]).resolve()),
+        **cfg["ldman"], "seed": cfg["seed"], "attributes": attributes,
+        "set_size": members * sum(attributes.values()),
         "surrogate": str(surrogate_path(cfg, models_dir(art))),
         "rp": str(art / "denoiser/rp.pt"), "rp_width": cfg["denoiser"]["width"],
-        "landmarks": str(art / "landmarks/landmarks.npz"), "directions": str(art / "directions/directions.npz"),
-        "chip_size": cfg["validate"]["expected_size"][0], "cover": cfg["directions"]["cover"],
-        "stop_margin": cfg["protector"]["refine"]["stop_margin"], "mask": cfg["protector"]["mask"],
+        "answers": str(art / "answers/answers.npz"),
     }
 
 

@@ -32,24 +32,10 @@ from torch import nn
 from invisible_face.method.ldman import cap_rms, psnr_to_rms
 from invisible_face.method.recompression import diverse_input, jpeg_differentiable, survives
 from invisible_face.method.visibility import Projection, split_chroma
-from invisible_face.models.ensemble import SEP
+from invisible_face.models.ensemble import member_groups, unit_rms
 from invisible_face.models.margins import attribute_margins, protected, set_margin_loss
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-def unit_rms(x: torch.Tensor) -> torch.Tensor:
-    """Each of B x ... scaled to unit L2 norm (zeros stay zero)."""
-    return x / x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-
-
-def member_groups(classes: dict[str, torch.Tensor]) -> list[list[str]]:
-    """The keys of each ensemble member (:mod:`invisible_face.models.ensemble`: ``<member>/<attribute>``,
-    the first member's plain), in order; a single model's keys are one group."""
-    groups: dict[str, list[str]] = {}
-    for key in classes:
-        groups.setdefault(key.rsplit(SEP, 1)[0] if SEP in key else "", []).append(key)
-    return list(groups.values())
 
 
 def push_target(stop_margin: float, push_margin: float | None) -> float:

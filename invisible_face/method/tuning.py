@@ -1,15 +1,17 @@
-"""Ray Tune over LD-MAN's loss weights Lambda (Eq. 20).
+"""Ray Tune over LD-MAN's loss weights Lambda (Eq. 20) and the refinement's step schedule.
 
 Train V2 pattern: each trial is a function that builds and fits a ``TorchTrainer`` (through
 ``distributed.fit``); ``TuneReportCallback`` forwards the workers' per-epoch reports to Tune, so
-ASHA can stop weak trials early. The objective is H-PN (Eq. 22) with G's label-free protected
-share in place of MOSR, on validation chips through the deployed path: it moves with every face G
-protects, where MOSR on a short trial moved by single chips. Every trial is an MLflow run nested
-under the tuning run.
+ASHA can stop weak trials early. The objective is what a user gets: the share of validation faces
+the deployed protector, starting from the trial's G with the trial's step schedule, protects within a
+few steps (the trial's ``check``, :class:`invisible_face.protect.answers.StartCheck`): it moves with
+G's reach and with the steps it saves. Every trial is an MLflow run nested under the tuning run.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,49 +25,70 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from invisible_face.method.ldman_training import LOSS_NAMES, train_loop
 from invisible_face.models import distributed
 
-OBJECTIVE = "val_hpn_protected"
+OBJECTIVE = "val_protected_within_steps"
+FIGURES = (OBJECTIVE, "val_g_alone_share", "val_protected_share", "val_steps_mean", "val_steps_saved",
+           "val_ms_per_face")
+# (overrides of params protector.refine) -> a callable G -> figures (with OBJECTIVE)
+CheckFactory = Callable[[dict[str, Any]], Callable]
 
 
 def search_space(tcfg: dict[str, Any]) -> dict[str, Any]:
-    """One log-uniform weight per loss term named in ``weight_bounds`` (the tuned ones; L_adv's
-    weight stays 1, the scale the others are set against)."""
-    unknown = set(tcfg["weight_bounds"]) - set(LOSS_NAMES) | ({"adv"} & set(tcfg["weight_bounds"]))
+    """One log-uniform weight per loss term named in ``weight_bounds`` (L_distill's weight stays 1, the
+    scale the others are set against) and one uniform value per ``refine_bounds`` key."""
+    unknown = set(tcfg["weight_bounds"]) - set(LOSS_NAMES[1:])
     if unknown:
         raise ValueError(f"tune.weight_bounds: {sorted(unknown)} cannot be tuned; choose from {LOSS_NAMES[1:]}")
-    return {f"w_{name}": tune.loguniform(*bounds) for name, bounds in tcfg["weight_bounds"].items()}
+    return {f"w_{name}": tune.loguniform(*bounds) for name, bounds in tcfg["weight_bounds"].items()} | {
+        f"refine_{name}": tune.uniform(*bounds) for name, bounds in tcfg.get("refine_bounds", {}).items()}
 
 
 def as_overrides(trial_config: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
-    """Tune's flat sample -> the ``ldman`` keys it overrides: ``loss_weights`` by name, the
-    untuned ones as in ``weights``."""
-    return {"loss_weights": {**weights, **{k[2:]: v for k, v in trial_config.items() if k.startswith("w_")}}}
+    """Tune's flat sample -> overrides of params' own sections (what ``best.json`` holds):
+    ``ldman.loss_weights`` by name (the untuned ones as in ``weights``) and ``protector.refine``."""
+    refine = {k[7:]: v for k, v in trial_config.items() if k.startswith("refine_")}
+    return {"ldman": {"loss_weights": {**weights, **{k[2:]: v for k, v in trial_config.items()
+                                                      if k.startswith("w_")}}},
+            "protector": {"refine": refine}}
 
 
-def _trial(trial_config: dict[str, Any], base: dict[str, Any], scaling: dict[str, Any],
+def trial_config(base: dict[str, Any], overrides: dict[str, Any], make_check: CheckFactory,
+                 seed: int | None = None) -> dict[str, Any]:
+    """The Train worker config of one trial: ``base`` with the trial's loss weights, its check built
+    with the trial's step schedule, and ``seed`` when given."""
+    config = {**base, **overrides["ldman"], "check": make_check(overrides["protector"]["refine"])}
+    return config if seed is None else {**config, "seed": seed}
+
+
+def _trial(sample: dict[str, Any], base: dict[str, Any], make_check: CheckFactory, scaling: dict[str, Any],
            storage_path: str, tracking: dict[str, str]) -> None:
-    """One trial: fit LD-MAN with the sampled weights; log the trial as a nested MLflow run."""
+    """One trial: fit LD-MAN with the sampled weights, checked with the sampled step schedule; log the
+    trial as a nested MLflow run."""
     trial_id = tune.get_context().get_trial_id()
-    config = {**base, **as_overrides(trial_config, base["loss_weights"])}
+    config = trial_config(base, as_overrides(sample, base["loss_weights"]), make_check)
     mlflow.set_tracking_uri(tracking["uri"])
     with mlflow.start_run(experiment_id=tracking["experiment_id"], run_name=f"trial-{trial_id}",
                           tags={"mlflow.parentRunId": tracking["parent_run_id"], "trial_id": trial_id}):
-        mlflow.log_params(trial_config)
+        mlflow.log_params(sample)
         result = distributed.fit(train_loop, config, name=f"tune-{trial_id}", storage_path=storage_path,
                                  callbacks=[TuneReportCallback()], **scaling)
         if result.error is not None:
             raise result.error
         for _, row in result.metrics_dataframe.iterrows():
-            mlflow.log_metrics({k: float(v) for k, v in row.items() if k.startswith(("val_", "train_"))},
-                               step=int(row["epoch"]))
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if k.startswith(("val_", "train_"))
+                                and pd.notna(v)}, step=int(row["epoch"]))
 
 
-def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, Any], storage_path: str | Path,
-                 tracking: dict[str, str], seed: int) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run the search -> (best overrides, one row per trial with its weights and final metrics)."""
+def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], make_check: CheckFactory, scaling: dict[str, Any],
+                 storage_path: str | Path, tracking: dict[str, str], seed: int
+                 ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, float]]:
+    """Run the search, then the best trial again with the next seed
+    -> (best overrides, one row per trial with its sample and final figures, the second seed's figures)."""
     distributed.init_ray(scaling.get("num_cpus"))
+    # the objective is reported at the epochs G is checked, not at every epoch
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     storage_path = str(Path(storage_path).resolve())
-    trainable = tune.with_parameters(_trial, base=base, scaling=scaling, storage_path=storage_path,
-                                     tracking=tracking)
+    trainable = tune.with_parameters(_trial, base=base, make_check=make_check, scaling=scaling,
+                                     storage_path=storage_path, tracking=tracking)
     # The trial itself only waits on its Train workers, which hold the CPUs (on 2 cores
     # a 1-CPU trial plus two 1-CPU workers would wait for ever). Ray refuses an empty request, so
     # the trial asks for a token of memory instead of a CPU.
@@ -89,8 +112,13 @@ def tune_weights(base: dict[str, Any], tcfg: dict[str, Any], scaling: dict[str, 
         if result.error is not None or not result.metrics:
             rows.append({**result.config, "error": str(result.error)})
             continue
-        rows.append({**result.config, **{k: result.metrics.get(k) for k in
-                                          ("epoch", OBJECTIVE, "val_protected_share", "val_hpn", "val_mosr", "val_ssim",
-                                           "val_psnr")}})
+        rows.append({**result.config, "epoch": result.metrics.get("epoch"),
+                     **{k: result.metrics.get(k) for k in FIGURES}})
     best = grid.get_best_result(metric=OBJECTIVE, mode="max", scope="last")
-    return as_overrides(best.config, base["loss_weights"]), pd.DataFrame(rows)
+    overrides = as_overrides(best.config, base["loss_weights"])
+    again = distributed.fit(train_loop, trial_config(base, overrides, make_check, seed + 1),
+                            name=f"tune-best-seed-{tracking['parent_run_id'][:8]}", storage_path=storage_path,
+                            **scaling)
+    if again.error is not None:
+        raise again.error
+    return overrides, pd.DataFrame(rows), {k: again.metrics.get(k) for k in FIGURES}

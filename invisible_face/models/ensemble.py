@@ -10,12 +10,11 @@ then treats each member's attribute as one more head to fool.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
-
-from invisible_face.models.margins import plausible_classes
 
 SEP = "/"
 
@@ -23,6 +22,25 @@ SEP = "/"
 def member_key(member: str, attribute: str, first: bool) -> str:
     """The ensemble's key for ``member``'s call of ``attribute``."""
     return attribute if first else f"{member}{SEP}{attribute}"
+
+
+def attribute_of(key: str) -> str:
+    """The attribute an ensemble key answers (``<member>/<attribute>`` or the plain name)."""
+    return key.rsplit(SEP, 1)[-1]
+
+
+def member_groups(keys: Iterable[str]) -> list[list[str]]:
+    """The keys of each ensemble member (``<member>/<attribute>``, the first member's plain), in order;
+    a single model's keys are one group."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.rsplit(SEP, 1)[0] if SEP in key else "", []).append(key)
+    return list(groups.values())
+
+
+def unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """Each of B x ... scaled to unit L2 norm (zeros stay zero)."""
+    return x / x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
 
 
 def first_member_calls(logits: dict[str, Any]) -> dict[str, Any]:
@@ -49,22 +67,6 @@ class SurrogateEnsemble(nn.Module):
         out = {}
         for i, (name, model) in enumerate(self.members.items()):
             out |= {member_key(name, a, i == 0): v for a, v in model(x).items()}
-        return out
-
-    def member_classes(self, x: torch.Tensor, first: dict[str, torch.Tensor], cover: float,
-                       known: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """The class sets of every member: ``first`` (the primary's, as G was given them) and, for the
-        others, the plausible classes of their clean call on ``x`` (or ``known``, one-hot true labels
-        by attribute) -> {key: B x C bool}."""
-        out = dict(first)
-        for i, (name, model) in enumerate(self.members.items()):
-            if i == 0:
-                continue
-            if known is not None:
-                out |= {member_key(name, a, False): c for a, c in known.items()}
-                continue
-            with torch.no_grad():
-                out |= {member_key(name, a, False): plausible_classes(v, cover) for a, v in model(x).items()}
         return out
 
     def config(self) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 photos -> detect faces -> landmarks -> each face's square crop resampled into the working frame
 (:mod:`invisible_face.protect.frame`: one size for every face, so faces from any photos form one
 batch) -> per batch: the feathered face masks, the perceptual budget, G in one forward pass (with
-the surrogate's clean call and DP, invisible_face.method.ldman.generator_protect), then the batched
-refinement (invisible_face.method.refine), which checks G's output first and steps only the faces G
-leaves unprotected, each leaving the batch when done -> the change resampled back and added to the
+the whole ensemble's clean call and DP, invisible_face.method.ldman.generator_protect; settings
+``start: zero`` skips G), then the batched refinement (invisible_face.method.refine), which starts
+from G's output, checks it first and steps only the faces G leaves unprotected, each leaving the
+batch when done -> the change resampled back and added to the
 photo -> the protected photo and a record per face saying which path protected it (``generator`` /
 ``refined`` / ``not_protected``) and how many steps it took.
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from invisible_face.data.images import to_tensor, to_uint8
 from invisible_face.data.landmarks import Face, make_backend
+from invisible_face.method.directions import clean_sets
 from invisible_face.method.ldman import Generator, apply_perturbation, face_mask, generator_protect, psnr_to_rms
 from invisible_face.method.refine import RefineSettings, refine_perturbation
 from invisible_face.method.regions import rect_masks, select_region
@@ -45,7 +47,7 @@ from invisible_face.protect.frame import box_from_frame, frame_points, from_fram
 
 # 8: the surrogate may be an ensemble with dlib's face network inside; 9: visibility budget; 10: perceptual budget;
 # 11: the params' own sections (protector verbatim), the working frame and batches
-FORMAT_VERSION = 11
+FORMAT_VERSION = 12
 PATHS = ("generator", "refined", "not_protected")
 
 
@@ -80,19 +82,13 @@ class FaceRecord:
     target_after: dict[str, int] = field(default_factory=dict)
 
 
-def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Module, cfg: dict[str, Any],
-                     target: tuple[str, AttributeClassifier] | None = None) -> Path:
-    """Write ``<stem>.safetensors`` and ``<stem>.json`` from trained networks and the params.
-    ``surrogate``: a classifier or a :class:`SurrogateEnsemble` (every member's tensors go in, dlib's
-    face network included); ``target``: (name, model) of a zoo model shipped for audits."""
-    stem = Path(stem)
-    nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
-    tensors = {f"{net}.{k}": v.detach().cpu().contiguous()
-               for net, m in nets.items() for k, v in m.state_dict().items()}
+def protector_config(cfg: dict[str, Any], generator: Generator | None, surrogate: nn.Module,
+                     target: tuple[str, AttributeClassifier] | None = None) -> dict[str, Any]:
+    """The protector's config from the params and its networks: what the export writes beside the
+    tensors and what :class:`Protector` reads (``generator`` None: a protector that starts from zero)."""
     lcfg = cfg["ldman"]
     config = {
         "format_version": FORMAT_VERSION,
-        "generator": generator.config(),
         "surrogate": surrogate.config(),
         "attributes": {k: v["classes"] for k, v in cfg["data"]["attributes"].items()},
         "seed": cfg["seed"],
@@ -104,10 +100,24 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Modul
                     for k in ("t_max", "t_min", "k", "theta_m", "theta_s", "restarts", "score_batch")},
         "landmarks": {k: cfg["landmarks"][k] for k in ("backend", "upsample", "fallback_box")},
     }
+    if generator is not None:
+        config["generator"] = generator.config()
     if target:
         config["target"] = {"name": target[0], **target[1].config()}
+    return config
+
+
+def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Module, cfg: dict[str, Any],
+                     target: tuple[str, AttributeClassifier] | None = None) -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` from trained networks and the params.
+    ``surrogate``: a classifier or a :class:`SurrogateEnsemble` (every member's tensors go in, dlib's
+    face network included); ``target``: (name, model) of a zoo model shipped for audits."""
+    stem = Path(stem)
+    nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
+    tensors = {f"{net}.{k}": v.detach().cpu().contiguous()
+               for net, m in nets.items() for k, v in m.state_dict().items()}
     save_file(tensors, str(stem.with_suffix(".safetensors")))
-    stem.with_suffix(".json").write_text(json.dumps(config, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps(protector_config(cfg, generator, surrogate, target), indent=2))
     return stem
 
 
@@ -124,8 +134,9 @@ def untrained_export(stem: str | Path, cfg: dict[str, Any], face_backbone: bool 
         face = FaceBackboneSurrogate(attributes, 0, cfg["landmarks"]["fallback_box"])
         surrogate = SurrogateEnsemble({"surrogate_tiny": surrogate, "face_backbone": face}).eval()
     audit = build_classifier("vgg11_bn_small", attributes, input_size=32).eval()
-    generator = Generator(cfg["ldman"]["epsilon"], sum(attributes.values()), width=8, blocks=1, work_size=32,
-                          out_size=16).eval()
+    members = 2 if face_backbone else 1  # G is conditioned on every member's sets
+    generator = Generator(cfg["ldman"]["epsilon"], members * sum(attributes.values()), width=8, blocks=1,
+                          work_size=32, out_size=16).eval()
     return export_protector(stem, generator, surrogate, cfg, ("target_tiny", audit))
 
 
@@ -134,17 +145,19 @@ class Protector:
     ``protect_chip`` for aligned crops; ``with_strength(name)`` for a strength preset. The faces of all
     the images given in one call are protected together, ``protector.batch_size`` at a time."""
 
-    def __init__(self, config: dict[str, Any], generator: Generator, surrogate: nn.Module,
+    def __init__(self, config: dict[str, Any], generator: Generator | None, surrogate: nn.Module,
                  target: AttributeClassifier | None = None) -> None:
-        # surrogate: what the refinement attacks and the checks ask (every member must be fooled);
-        # its primary member is G's surrogate (DP, G's sets, regions)
-        self.config, self.generator, self.surrogate = config, generator.eval(), surrogate.eval()
+        # surrogate: what G's DP and the refinement attack and the checks ask (every member must be
+        # fooled); its primary member calls the attributes a record shows and finds the regions.
+        # generator None: the refinement from zero only (settings ``start: zero``)
+        self.config, self.generator, self.surrogate = config, generator, surrogate.eval()
         ensemble = isinstance(surrogate, SurrogateEnsemble)
         self.generator_surrogate = surrogate.primary if ensemble else surrogate
         self.face_member = next((m for m in surrogate.members.values() if isinstance(m, FaceBackboneSurrogate)),
                                 None) if ensemble else None
         self.target = target.eval().requires_grad_(False) if target is not None else None
-        self.generator.requires_grad_(False)
+        if generator is not None:
+            generator.eval().requires_grad_(False)
         self.surrogate.requires_grad_(False)
         self.landmarks = make_backend(config["landmarks"]["backend"], config["protector"]["upsample"])
 
@@ -158,8 +171,10 @@ class Protector:
             raise ValueError(f"{stem}: protector format {config.get('format_version')!r}, this version reads "
                              f"{FORMAT_VERSION}; rebuild the export with `dvc repro export`")
         tensors = load_file(str(stem.with_suffix(".safetensors")))
-        g = Generator(**config["generator"])
-        g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
+        g = None
+        if "generator" in config:
+            g = Generator(**config["generator"])
+            g.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
 
         def state(net: str) -> dict[str, torch.Tensor]:
             return {k[len(net) + 1:]: v for k, v in tensors.items() if k.startswith(f"{net}.")}
@@ -179,6 +194,8 @@ class Protector:
         other.config = {**self.config, "protector": deep_merge(self.settings, override)}
         if generator is not None:
             other.generator = generator.eval().requires_grad_(False)
+        if other.settings["start"] == "generator" and other.generator is None:
+            raise ValueError("this protector has no G: its variants start from zero (start: zero)")
         return other
 
     def with_strength(self, name: str | None) -> "Protector":
@@ -239,26 +256,40 @@ class Protector:
             share * colour_bound(crops, scale, ceiling, vcfg["colour_floor"], window, gain) / epsilon
         return jnd_bound(crops, scale, ceiling, window, gain) / epsilon, colour
 
+    def face_budget(self, frames: torch.Tensor, points: list[np.ndarray]
+                    ) -> tuple[torch.Tensor, list[tuple[float, ...]], torch.Tensor, torch.Tensor | None]:
+        """Where and how much each face may change: its mask and box (:meth:`face_region`) and the
+        per-pixel budget (:meth:`visibility`). frames: B x 3 x S x S; points: B arrays 68 x 2
+        -> (masks B x 1 x S x S, boxes, budget B x 1 x S x S, colour budget or None)."""
+        regions = [self.face_region(f, p) for f, p in zip(frames, points)]
+        masks, boxes = torch.cat([m for m, _ in regions]), [b for _, b in regions]
+        return (masks, boxes, *self.visibility(frames, masks))
+
     def protect_frames(self, frames: torch.Tensor, points: list[np.ndarray],
                        labels: list[dict[str, int]] | None = None) -> list[FaceResult]:
         """Protect a batch of faces in the working frame, all at once.
         frames: B x 3 x S x S in [0, 1]; points: B arrays 68 x 2 in frame pixels; labels: each face's
         true attributes when known (an evaluation, or a user who states them) -> a result per face."""
         lcfg = self.config["ldman"]
-        regions = [self.face_region(f, p) for f, p in zip(frames, points)]
-        masks, boxes = torch.cat([m for m, _ in regions]), [b for _, b in regions]
+        masks, boxes, budget, colour = self.face_budget(frames, points)
         known = None
         if labels is not None:
             n = {k: len(v) for k, v in self.config["attributes"].items()}
             known = {k: F.one_hot(torch.tensor([face[k] for face in labels]), n[k]).bool() for k in n}
-        budget, colour = self.visibility(frames, masks)
         before = self._calls(frames)
         cover = self.config["directions"]["cover"]
-        delta, classes = generator_protect(self.generator, self.generator_surrogate, frames,
-                                           masks * budget.clamp(max=1), cover,  # G's trained bound
-                                           lcfg["kappa"], psnr_to_rms(lcfg["min_psnr"]), known)
-        if isinstance(self.surrogate, SurrogateEnsemble):  # the other members' sets: each must be fooled too
-            classes = self.surrogate.member_classes(frames, classes, cover, known)
+        start = self.settings["start"]
+        if start == "generator":
+            if self.generator is None:
+                raise ValueError("protector.start: generator, but this protector has no G (use start: zero)")
+            delta, classes = generator_protect(self.generator, self.surrogate, frames, generator_bound(masks, budget),
+                                               cover, lcfg["kappa"], psnr_to_rms(lcfg["min_psnr"]), known)
+        elif start == "zero":
+            with torch.no_grad():
+                classes = clean_sets(self.surrogate(frames), cover, known)
+            delta = torch.zeros_like(frames)
+        else:
+            raise ValueError(f"protector.start: {start!r}; choose generator or zero")
         # the refinement's first check is G's: a face G protects (to the push margin) takes no step
         delta, boxes, logits, paths, steps = self._refine(frames, delta, masks, boxes, classes, budget, colour)
         protected = apply_perturbation(frames, delta)
@@ -382,15 +413,24 @@ class Protector:
         """Protect every face of one RGB uint8 H x W x 3 photo (:meth:`protect_photos`)."""
         return self.protect_photos([image])[0]
 
-    def protect_chips(self, images: list[np.ndarray], labels: list[dict[str, int]] | None = None
-                      ) -> list[tuple[np.ndarray, list[FaceRecord]]]:
-        """Protect aligned face crops (``--aligned``), each one face, batched: no photo-level detection.
-        ``labels``: their true attributes when known (see :meth:`protect_frames`)."""
+    def chip_frames(self, images: list[np.ndarray]
+                    ) -> tuple[list[Face], list[torch.Tensor], torch.Tensor, list[np.ndarray]]:
+        """Aligned face crops (RGB uint8, one face each) in the working frame: their landmarks (the
+        fallback box where none is found), the crops as tensors, the frames B x 3 x S x S and each
+        face's 68 points in frame pixels."""
         size, lcfg = self.settings["frame_size"], self.config["landmarks"]
         faces = [self.landmarks.chip(image, tuple(lcfg["fallback_box"]), lcfg["upsample"]) for image in images]
         crops = [to_tensor(image) for image in images]
         frames = torch.stack([to_frame(c, size) for c in crops])
         points = [frame_points(f.points, *c.shape[1:], size) for f, c in zip(faces, crops)]
+        return faces, crops, frames, points
+
+    def protect_chips(self, images: list[np.ndarray], labels: list[dict[str, int]] | None = None
+                      ) -> list[tuple[np.ndarray, list[FaceRecord]]]:
+        """Protect aligned face crops (``--aligned``), each one face, batched: no photo-level detection.
+        ``labels``: their true attributes when known (see :meth:`protect_frames`)."""
+        faces, crops, frames, points = self.chip_frames(images)
+        size = frames.shape[-1]
         results, ms = self._in_batches(frames, points, labels)
         out = []
         for face, crop, frame, result, face_ms in zip(faces, crops, frames, results, ms):
@@ -407,6 +447,12 @@ class Protector:
                      ) -> tuple[np.ndarray, list[FaceRecord]]:
         """Protect one aligned face crop (:meth:`protect_chips`)."""
         return self.protect_chips([image], None if labels is None else [labels])[0]
+
+
+def generator_bound(masks: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Where and how much of epsilon G may change a face: its mask times the perceptual budget, at most
+    1 (G's output is bounded by epsilon; the refinement may go past it in texture). B x 1 x H x W."""
+    return masks * budget.clamp(max=1)
 
 
 def records_as_dicts(records: list[FaceRecord]) -> list[dict[str, Any]]:
