@@ -25,17 +25,17 @@ def _reach(kb: float, mosr: float, zoo: float, chips: int) -> dict:
 
 
 def _runs() -> tuple[dict, dict]:
-    """Score rows and per-face records of G only, G + 2 steps, the deployed protector and from zero
+    """Score rows and per-face records of G only, G + 2 steps, G + the full refinement and from zero
     (G + 1 and + 4 did not run)."""
     results = {"invisible_face_g_only": _reach(0.5, 0.3, 0.05, 4),
                "invisible_face_g_steps_2": _reach(0.7, 0.5, 0.08, 4),
-               "invisible_face": _reach(0.8, 0.6, 0.1, 6),
+               "invisible_face_g_start": _reach(0.8, 0.6, 0.1, 6),
                "invisible_face_from_zero": _reach(0.75, 0.62, 0.09, 6),
                "pgd": _reach(0.2, 0.9, 0.3, 6)}
     records = {"invisible_face_g_only": [_record("generator", 10.0, 0), _record("not_protected", 12.0, 0)] * 2,
                "invisible_face_g_steps_2": [_record("generator", 10.0, 0), _record("refined", 30.0, 2)] * 2,
-               "invisible_face": [_record("generator", 10.0, 0), _record("refined", 50.0, 4),
-                                  _record("refined", 70.0, 6)] * 2,
+               "invisible_face_g_start": [_record("generator", 10.0, 0), _record("refined", 50.0, 4),
+                                          _record("refined", 70.0, 6)] * 2,
                "invisible_face_from_zero": [_record("refined", 80.0, 6), _record("refined", 120.0, 9),
                                             _record("not_protected", 200.0, 12)] * 2}
     return results, records
@@ -43,18 +43,22 @@ def _runs() -> tuple[dict, dict]:
 
 def test_the_variants_start_from_g_with_capped_steps_or_from_zero_on_the_test_chips():
     for k in (1, 2, 4):
-        assert VARIANTS[f"invisible_face_g_steps_{k}"] == ({"refine": {"steps": k, "crop_fallback": False}}, False)
+        override = {"start": "generator", "refine": {"steps": k, "crop_fallback": False}}
+        assert VARIANTS[f"invisible_face_g_steps_{k}"] == (override, False)
     assert VARIANTS["invisible_face_from_zero"] == ({"start": "zero"}, False)
+    assert VARIANTS["invisible_face_g_start"] == ({"start": "generator"}, False)
     assert TEST_CHIP_VARIANTS <= set(VARIANTS)
-    # from zero is compared with the deployed protector's headline, so it runs on the same (test) chips
+    # G's start and from zero are compared with each other and the deployed headline, on the same (test) chips
     assert on_test_chips("invisible_face") and on_test_chips("pgd") and on_test_chips("invisible_face_from_zero")
+    assert on_test_chips("invisible_face_g_start")
     assert not on_test_chips("invisible_face_g_steps_2") and not on_test_chips("invisible_face_light")
 
 
 def test_every_variant_params_and_the_paper_profile_name_is_one_and_the_g_start_points_run():
     defaults = load_params(PROJECT_ROOT / "params.yaml")["evaluate"]["variants"]
     paper = load_params(PROJECT_ROOT / "profiles" / "paper.yaml")["evaluate"]["variants"]
-    g_start = {"invisible_face_g_only", "invisible_face_from_zero", *(f"invisible_face_g_steps_{k}" for k in (1, 2, 4))}
+    g_start = {"invisible_face_g_only", "invisible_face_from_zero", "invisible_face_g_start",
+               *(f"invisible_face_g_steps_{k}" for k in (1, 2, 4))}
     for variants in (defaults, paper):
         assert set(variants) <= set(VARIANTS) and g_start <= set(variants)
 
@@ -90,6 +94,7 @@ def test_metrics_set_g_start_against_zero_and_each_cap_s_share_and_time():
     assert metrics["g_steps_2_protected_share"] == 1.0 and metrics["g_steps_2_ms_median"] == 20.0
     assert "g_steps_1_protected_share" not in metrics and "g_steps_full_protected_share" not in metrics
     assert metrics["refine_steps_mean_from_zero"] == 9.0 and metrics["protect_ms_median_from_zero"] == 120.0
+    assert metrics["refine_steps_mean_g_start"] == pytest.approx(10 / 3) and metrics["protected_share_g_start"] == 1.0
     assert metrics["steps_ratio_g_start_to_zero"] == pytest.approx((10 / 3) / 9)
     assert metrics["g_start_minus_from_zero_known_backbone_fooled_mean"] == pytest.approx(0.05)
     assert metrics["g_start_minus_from_zero_mosr"] == pytest.approx(-0.02)
@@ -111,7 +116,9 @@ def test_the_top_figures_hold_the_from_zero_variant_and_the_g_start_metrics():
                for name, row in results.items()}
     robust = {"invisible_face": {"mosr_after_jpeg75": 0.3}}
     table = g_start_table(results, records)
-    top = top_figures(results, robust, records["invisible_face"], ["face"], PATHS, pd.DataFrame(), pd.DataFrame(
+    results["invisible_face"] = results["invisible_face_g_start"]  # deployed with G's start
+    deployed = records["invisible_face_g_start"]
+    top = top_figures(results, robust, deployed, ["face"], PATHS, pd.DataFrame(), pd.DataFrame(
         columns=["family", "psnr", "known_backbone_fooled_mean"]), table)
     assert top["from_zero_mosr"] == 0.62 and top["from_zero_known_backbone_fooled_mean"] == 0.75
     assert top["from_zero_face_mosr"] == 0.5 and top["g_steps_2_zoo_fooled_mean"] == 0.08
@@ -119,7 +126,7 @@ def test_the_top_figures_hold_the_from_zero_variant_and_the_g_start_metrics():
     assert top["steps_ratio_g_start_to_zero"] == pytest.approx(top["refine_steps_mean"]
                                                               / top["refine_steps_mean_from_zero"])
     assert top["g_start_minus_from_zero_mosr"] == pytest.approx(top["protector_mosr"] - top["from_zero_mosr"])
-    assert "steps_ratio_g_start_to_zero" not in top_figures(results, robust, records["invisible_face"], ["face"],
+    assert "steps_ratio_g_start_to_zero" not in top_figures(results, robust, deployed, ["face"],
                                                             PATHS, pd.DataFrame(), pd.DataFrame(
                                                                 columns=["family", "psnr",
                                                                          "known_backbone_fooled_mean"]))

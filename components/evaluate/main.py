@@ -110,7 +110,7 @@ def main() -> None:
     budget_table = budget_frontier_table(results, methods.points)
     budget_table.to_csv(out / "budget_frontier.csv", index=False)
     budget_frontier_figure(budget_table, out / "budget_frontier.png")
-    g_table = g_start_table(results, {"invisible_face": run.test_records, **run.variant_records})
+    g_table = g_start_table(results, run.variant_records)
     g_table.to_csv(out / "g_start.csv", index=False)
     g_start_figure(g_table, out / "g_start.png")
     # forehead, cheek and hair of the first faces at 2x, clean and at each preset

@@ -4,8 +4,10 @@ Outputs (artifacts/train/): generator.pt (G's plain state dict; the export stage
 protector), history.csv (per epoch: the losses and the training minutes; every ``ldman.val_every`` epochs G
 checked as the protector's start on the answers' validation faces: its share protected alone, the steps
 it saves against the refinement from zero, ms a face: G's learning curve, a DVC plot), grid.png
-(validation chips before / after G alone / G's change x10, at 2x zoom), metrics.json. One MLflow run in
-the experiment "ldman", with every step's losses.
+(validation chips before / after G alone / G's change x10, at 2x zoom), metrics.json (the last check, the
+same faces protected from zero in this process, and ``g_start_pays``: whether G's start saves time at
+the same protected share, what ``protector.start: auto`` follows). One MLflow run in the experiment
+"ldman", with every step's losses.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 
 from invisible_face.data.images import to_tensor
 from invisible_face.method.ldman_training import ldman_config, ldman_scaling, train_ldman
 from invisible_face.params import with_tuned
-from invisible_face.protect.answers import params_protector, start_check
+from invisible_face.protect.answers import params_protector, start_check, start_pays
 from invisible_face.protect.protector import protection_grid
 from invisible_face.stage import Stage, stage_parser
 
@@ -64,8 +65,9 @@ def main() -> None:
 
         torch.save(generator.state_dict(), out / "generator.pt")
         last = {k: v for k, v in history[-1].items() if k.startswith("val_") or k in ("train_minutes", "steps")}
-        last["val_steps_mean_from_zero"] = float(np.mean(check.zero_steps()))
-        stage.write_metrics(last)
+        zero = check.from_zero()  # the same faces from zero, in this process: what G's start is weighed against
+        pays = start_pays(last, zero, cfg["protector"]["start_tolerance"])
+        stage.write_metrics({**last, **zero, "g_start_pays": int(pays)}, log=True)
         mlflow.log_artifact(str(out / "generator.pt"))
 
 

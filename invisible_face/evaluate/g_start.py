@@ -1,5 +1,5 @@
 """Does the generator earn its place: the protector from G's start with its refinement capped at 0, 1, 2
-and 4 steps, the deployed one (G's start, the full refinement), and the same refinement from zero (no G);
+and 4 steps and in full, and the same refinement from zero (no G), whatever start the export deploys;
 a table and a figure of each point's reach against its time per face, and the flat figures of
 metrics.json (G's start against zero on the same chips: reach, steps and time).
 """
@@ -15,13 +15,13 @@ import pandas as pd
 from invisible_face.evaluate.budgets import PANELS
 
 # the points, in the order of the table: method -> (label, the refinement's step cap from G's start;
-# "full": the deployed schedule, crop fallback included; "from_zero": that schedule without G)
+# "full": the deployed schedule from G's start, crop fallback included; "from_zero": that schedule without G)
 POINTS = {
     "invisible_face_g_only": ("G only", 0),
     "invisible_face_g_steps_1": ("G + 1 step", 1),
     "invisible_face_g_steps_2": ("G + 2 steps", 2),
     "invisible_face_g_steps_4": ("G + 4 steps", 4),
-    "invisible_face": ("deployed (G + refinement)", "full"),
+    "invisible_face_g_start": ("G + refinement", "full"),
     "invisible_face_from_zero": ("from zero (no G)", "from_zero"),
 }
 REACH = tuple(PANELS)  # known_backbone_fooled_mean, mosr (the surrogate's), zoo_fooled_mean
@@ -57,9 +57,9 @@ def _number(v: Any) -> float | None:
 def g_start_metrics(table: pd.DataFrame) -> dict[str, float | None]:
     """The table flat for metrics.json: ``g_steps_<cap>_protected_share`` and ``g_steps_<cap>_ms_median``
     per capped point (G only is cap 0: ``g_only_protected_share`` is already G's share under the deployed
-    run); with both the deployed and the from-zero point (the same chips): ``refine_steps_mean_from_zero``,
-    ``protect_ms_median_from_zero``, ``steps_ratio_g_start_to_zero`` (deployed steps / from-zero steps) and
-    ``g_start_minus_from_zero_<reach>`` (deployed minus from zero, each of :data:`REACH`)."""
+    run); with both the full G-start and the from-zero point (the same chips): ``refine_steps_mean_<start>``,
+    ``protect_ms_median_<start>`` and ``protected_share_<start>`` for start g_start and from_zero,
+    ``steps_ratio_g_start_to_zero`` and ``g_start_minus_from_zero_<reach>`` (each of :data:`REACH`)."""
     by_cap = {row["steps_cap"]: row for _, row in table.iterrows()}
     out = {}
     for cap, row in by_cap.items():
@@ -67,10 +67,12 @@ def g_start_metrics(table: pd.DataFrame) -> dict[str, float | None]:
             out |= {f"g_steps_{cap}_{k}": _number(row[k]) for k in ("protected_share", "ms_median")}
     if "full" in by_cap and "from_zero" in by_cap:
         full, zero = by_cap["full"], by_cap["from_zero"]
-        out |= {"refine_steps_mean_from_zero": _number(zero["steps_mean"]),
-                "protect_ms_median_from_zero": _number(zero["ms_median"]),
-                "steps_ratio_g_start_to_zero": _number(full["steps_mean"] / zero["steps_mean"])
-                if zero["steps_mean"] else None}
+        for name, row in (("g_start", full), ("from_zero", zero)):
+            out |= {f"refine_steps_mean_{name}": _number(row["steps_mean"]),
+                    f"protect_ms_median_{name}": _number(row["ms_median"]),
+                    f"protected_share_{name}": _number(row["protected_share"])}
+        out["steps_ratio_g_start_to_zero"] = _number(full["steps_mean"] / zero["steps_mean"]) \
+            if zero["steps_mean"] else None
         for k in REACH:
             both = _number(full[k]) is not None and _number(zero[k]) is not None
             out[f"g_start_minus_from_zero_{k}"] = float(full[k] - zero[k]) if both else None

@@ -33,9 +33,12 @@ VARIANTS = {
     "invisible_face_keep_identity": ({"refine": {"keep_identity": True}}, False),
     "invisible_face_known_labels": ({}, True),
     # G alone: its one pass, no refinement fallback (the paper's inference), no survive-JPEG check
-    "invisible_face_g_only": ({"refine": {"steps": 0}}, False),
+    "invisible_face_g_only": ({"start": "generator", "refine": {"steps": 0}}, False),
     # G's start then at most k steps on the face mask (no crop fallback): what each step adds to G
-    **{f"invisible_face_g_steps_{k}": ({"refine": {"steps": k, "crop_fallback": False}}, False) for k in (1, 2, 4)},
+    **{f"invisible_face_g_steps_{k}": ({"start": "generator", "refine": {"steps": k, "crop_fallback": False}}, False)
+       for k in (1, 2, 4)},
+    # G's start and the full refinement, whatever the deployed start (run on the test chips)
+    "invisible_face_g_start": ({"start": "generator"}, False),
     # the refinement from zero, no G: what G's start saves (run on the test chips, see TEST_CHIP_VARIANTS)
     "invisible_face_from_zero": ({"start": "zero"}, False),
     # today's budget before the perceptual one: L-inf epsilon everywhere, no colour bound, no SSIM target
@@ -57,7 +60,7 @@ VARIANTS = {
 }
 # the variants compared with the deployed protector's own headline figures (its steps and ms per face are
 # measured on the test chips), so they run on the same test chips, not on the variants' first ones
-TEST_CHIP_VARIANTS = frozenset({"invisible_face_from_zero"})
+TEST_CHIP_VARIANTS = frozenset({"invisible_face_from_zero", "invisible_face_g_start"})
 STRENGTHS = ("light", "strong")  # the presets beside the deployed default (standard): invisible_face_<preset>
 
 

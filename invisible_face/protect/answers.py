@@ -78,9 +78,9 @@ class StartCheck:
     shipped to a Ray Train worker)."""
 
     def __init__(self, cfg: dict[str, Any], answers: str | Path, image_dir: str | Path, models: str | Path,
-                 within: int) -> None:
+                 within: int, threads: int = 1) -> None:
         self.cfg, self.answers, self.image_dir, self.models = cfg, str(answers), str(image_dir), str(models)
-        self.within = within
+        self.within, self.threads = within, threads
         self._loaded: tuple | None = None
 
     def _load(self) -> tuple:
@@ -105,23 +105,48 @@ class StartCheck:
         """The refinement's steps on them from zero."""
         return self.loaded()[1]
 
+    def _run(self, protector: Protector) -> tuple[np.ndarray, list[str], float]:
+        """(steps, paths, ms a face) of ``protector`` on the validation faces."""
+        images = self.images()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # the other workers wait for this one meanwhile: their CPUs are free
+        try:
+            t0 = time.perf_counter()
+            records = [recs[0] for _, recs in protector.protect_chips(images)]
+            ms = 1000 * (time.perf_counter() - t0) / len(images)
+        finally:
+            torch.set_num_threads(threads)
+        return np.array([r.steps for r in records]), [r.path for r in records], ms
+
     def __call__(self, generator: Generator) -> dict[str, float]:
-        images, zero_steps, surrogate = self.loaded()
         # a copy: the protector freezes its G, and the one in training must stay as it is
-        protector = params_protector(self.cfg, copy.deepcopy(generator).eval(), surrogate)
-        t0 = time.perf_counter()
-        records = [recs[0] for _, recs in protector.protect_chips(images)]
-        ms = 1000 * (time.perf_counter() - t0) / len(images)
-        return start_figures(np.array([r.steps for r in records]), [r.path for r in records], ms, zero_steps,
-                             self.within)
+        protector = params_protector(self.cfg, copy.deepcopy(generator).eval(), self.loaded()[2])
+        return start_figures(*self._run(protector), self.zero_steps(), self.within)
+
+    def from_zero(self) -> dict[str, float]:
+        """The same figures for the refinement from zero (no G), run here: the time it is compared with."""
+        figures = start_figures(*self._run(params_protector(self.cfg, None, self.loaded()[2])), self.zero_steps(),
+                                self.within)
+        return {f"{k}_from_zero": v for k, v in figures.items() if k not in ("val_g_alone_share", "val_steps_saved")}
+
+
+def start_pays(with_g: dict[str, float], from_zero: dict[str, float], tolerance: float) -> bool:
+    """G's start stays in the protector's path only while it pays: less time a face than the refinement
+    from zero, at a protected share at most ``tolerance`` lower (:meth:`StartCheck.__call__` and
+    :meth:`StartCheck.from_zero` figures)."""
+    return (with_g["val_ms_per_face"] < from_zero["val_ms_per_face_from_zero"]
+            and with_g["val_protected_share"] >= from_zero["val_protected_share_from_zero"] - tolerance)
 
 
 def start_check(cfg: dict[str, Any], refine: dict[str, Any] | None = None, artifacts: str | Path = "artifacts",
                 within: int | None = None) -> StartCheck:
     """The :class:`StartCheck` of params ``cfg`` (with ``refine``, overrides of ``protector.refine``, as a
     tune trial's step schedule) on the answers stage's validation faces; ``within``: default
-    ``tune.objective_steps``. Absolute paths: it runs in a Ray worker."""
+    ``tune.objective_steps``. Absolute paths: it runs in a Ray worker, with the CPUs of all of G's
+    training workers (they wait for it)."""
     art = Path(artifacts).resolve()
     cfg = deep_merge(cfg, {"protector": {"refine": refine or {}}})
+    lcfg = cfg["ldman"]
     return StartCheck(cfg, art / "answers/answers.npz", Path(cfg["data"]["image_dir"]).resolve(),
-                      art / "classifiers/models", within if within is not None else cfg["tune"]["objective_steps"])
+                      art / "classifiers/models", within if within is not None else cfg["tune"]["objective_steps"],
+                      threads=max(1, int(lcfg["num_workers"] * lcfg["cpus_per_worker"])))

@@ -113,6 +113,9 @@ def export_protector(stem: str | Path, generator: Generator, surrogate: nn.Modul
     ``surrogate``: a classifier or a :class:`SurrogateEnsemble` (every member's tensors go in, dlib's
     face network included); ``target``: (name, model) of a zoo model shipped for audits."""
     stem = Path(stem)
+    if cfg["protector"]["start"] not in ("generator", "zero"):
+        raise ValueError(f"protector.start: {cfg['protector']['start']!r}; an export starts from generator or zero "
+                         "(the export stage resolves auto)")
     nets = {"generator": generator, "surrogate": surrogate, **({"target": target[1]} if target else {})}
     tensors = {f"{net}.{k}": v.detach().cpu().contiguous()
                for net, m in nets.items() for k, v in m.state_dict().items()}
@@ -127,6 +130,7 @@ def untrained_export(stem: str | Path, cfg: dict[str, Any], face_backbone: bool 
     ensemble with dlib's face network (real weights, untrained heads) as its second member."""
     cfg = copy.deepcopy(cfg)
     cfg["protector"]["refine"]["steps"] = 2
+    cfg["protector"]["start"] = "generator"
     attributes = {k: len(v["classes"]) for k, v in cfg["data"]["attributes"].items()}
     torch.manual_seed(0)
     surrogate = build_classifier("resnet18", attributes, input_size=32).eval()
@@ -288,8 +292,8 @@ class Protector:
             with torch.no_grad():
                 classes = clean_sets(self.surrogate(frames), cover, known)
             delta = torch.zeros_like(frames)
-        else:
-            raise ValueError(f"protector.start: {start!r}; choose generator or zero")
+        else:  # auto is resolved by the export (from the train stage's measurement), never at run time
+            raise ValueError(f"protector.start: {start!r}; a protector starts from generator or zero")
         # the refinement's first check is G's: a face G protects (to the push margin) takes no step
         delta, boxes, logits, paths, steps = self._refine(frames, delta, masks, boxes, classes, budget, colour)
         protected = apply_perturbation(frames, delta)
@@ -450,9 +454,10 @@ class Protector:
 
 
 def generator_bound(masks: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Where and how much of epsilon G may change a face: its mask times the perceptual budget, at most
-    1 (G's output is bounded by epsilon; the refinement may go past it in texture). B x 1 x H x W."""
-    return masks * budget.clamp(max=1)
+    """Where and how much of epsilon G may change a face: its mask times the perceptual budget (under 1
+    on smooth skin, up to ceiling / epsilon in hair and at edges), the refinement's own bound: an answer
+    G learns from fits in it. B x 1 x H x W."""
+    return masks * budget
 
 
 def records_as_dicts(records: list[FaceRecord]) -> list[dict[str, Any]]:
