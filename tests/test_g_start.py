@@ -66,16 +66,17 @@ def test_every_variant_params_and_the_paper_profile_name_is_one_and_the_g_start_
 def test_record_figures_count_any_protecting_path_and_take_the_median_ms_and_mean_steps():
     figures = record_figures([_record("generator", 10.0, 0), _record("refined", 30.0, 3),
                               _record("not_protected", 90.0, 6), _record("refined", 50.0, 3)])
-    assert figures == {"protected_share": 0.75, "ms_median": 40.0, "steps_mean": 3.0}
-    assert record_figures([]) == {"protected_share": None, "ms_median": None, "steps_mean": None}
+    assert figures == {"protected_share": 0.75, "alone_share": 0.25, "ms_median": 40.0, "steps_mean": 3.0}
+    assert record_figures([]) == {"protected_share": None, "alone_share": None, "ms_median": None, "steps_mean": None}
 
 
 def test_the_table_has_a_row_per_point_that_ran_in_step_order(tmp_path):
     results, records = _runs()
     table = g_start_table(results, records)
     assert list(table["steps_cap"]) == [0, 2, "full", "from_zero"]  # pgd is no point; G + 1 and + 4 did not run
-    assert list(table.columns) == ["label", "steps_cap", "protected_share", "known_backbone_fooled_mean", "mosr",
-                                   "zoo_fooled_mean", "ms_median", "steps_mean", "chips"]
+    assert list(table.columns) == ["label", "steps_cap", "protected_share", "alone_share",
+                                   "known_backbone_fooled_mean", "mosr", "zoo_fooled_mean", "ms_median", "steps_mean",
+                                   "chips"]
     rows = table.set_index("steps_cap")
     assert rows.loc[0, "protected_share"] == 0.5 and rows.loc[2, "protected_share"] == 1.0
     assert rows.loc["from_zero", "protected_share"] == pytest.approx(2 / 3) and rows.loc["full", "ms_median"] == 50.0
@@ -95,6 +96,7 @@ def test_metrics_set_g_start_against_zero_and_each_cap_s_share_and_time():
     assert "g_steps_1_protected_share" not in metrics and "g_steps_full_protected_share" not in metrics
     assert metrics["refine_steps_mean_from_zero"] == 9.0 and metrics["protect_ms_median_from_zero"] == 120.0
     assert metrics["refine_steps_mean_g_start"] == pytest.approx(10 / 3) and metrics["protected_share_g_start"] == 1.0
+    assert metrics["g_only_protected_share"] == pytest.approx(1 / 3)  # G's start alone, on the test chips
     assert metrics["steps_ratio_g_start_to_zero"] == pytest.approx((10 / 3) / 9)
     assert metrics["g_start_minus_from_zero_known_backbone_fooled_mean"] == pytest.approx(0.05)
     assert metrics["g_start_minus_from_zero_mosr"] == pytest.approx(-0.02)

@@ -17,6 +17,7 @@ import mlflow
 
 from invisible_face.method.ldman_training import ldman_config, ldman_scaling
 from invisible_face.method.tuning import OBJECTIVE, tune_weights
+from invisible_face.params import deep_merge
 from invisible_face.protect.answers import start_check
 from invisible_face.stage import Stage, stage_parser
 from invisible_face.tracking import tracking_uri
@@ -28,7 +29,9 @@ def main() -> None:
     tcfg = cfg["tune"]
     base = {**ldman_config(cfg), **tcfg["trial"]}  # trials train shorter
     scaling = {**ldman_scaling(cfg["ldman"]), "max_failures": 0}
-    make_check = functools.partial(start_check, cfg)  # each trial's step schedule -> its check
+    # each trial's step schedule -> its check (absolute paths: a trial runs in its own folder)
+    absolute = deep_merge(cfg, {"data": {"image_dir": str(Path(cfg["data"]["image_dir"]).resolve())}})
+    make_check = functools.partial(start_check, absolute, artifacts=Path("artifacts").resolve())
     run_params = {k: v for k, v in tcfg.items() if k != "trial"} | {f"trial.{k}": v for k, v in tcfg["trial"].items()}
     with stage.run("tune-ldman", params=run_params) as parent:
         tracking = {"uri": tracking_uri(), "experiment_id": stage.experiment_id, "parent_run_id": parent.info.run_id}

@@ -32,8 +32,9 @@ def record_figures(records: Sequence[Any]) -> dict[str, float | None]:
     (faces the stop rule counts protected on the whole ensemble: any path but ``not_protected``),
     ``ms_median`` (each face's share of its batch's time) and ``steps_mean``; None without records."""
     if not records:
-        return {"protected_share": None, "ms_median": None, "steps_mean": None}
+        return {"protected_share": None, "alone_share": None, "ms_median": None, "steps_mean": None}
     return {"protected_share": float(np.mean([r.path != "not_protected" for r in records])),
+            "alone_share": float(np.mean([r.path == "generator" for r in records])),
             "ms_median": float(np.median([r.ms for r in records])),
             "steps_mean": float(np.mean([r.steps for r in records]))}
 
@@ -45,7 +46,7 @@ def g_start_table(results: dict[str, dict], records: dict[str, Sequence[Any]]) -
     rows = [{"label": label, "steps_cap": cap, **record_figures(records[name]),
              **{k: results[name].get(k) for k in REACH}, "chips": results[name].get("chips")}
             for name, (label, cap) in POINTS.items() if name in results and name in records]
-    columns = ["label", "steps_cap", "protected_share", *REACH, "ms_median", "steps_mean", "chips"]
+    columns = ["label", "steps_cap", "protected_share", "alone_share", *REACH, "ms_median", "steps_mean", "chips"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -73,6 +74,8 @@ def g_start_metrics(table: pd.DataFrame) -> dict[str, float | None]:
                     f"protected_share_{name}": _number(row["protected_share"])}
         out["steps_ratio_g_start_to_zero"] = _number(full["steps_mean"] / zero["steps_mean"]) \
             if zero["steps_mean"] else None
+        # G alone on the whole ensemble, on the test chips, whatever start the export deploys
+        out["g_only_protected_share"] = _number(full["alone_share"])
         for k in REACH:
             both = _number(full[k]) is not None and _number(zero[k]) is not None
             out[f"g_start_minus_from_zero_{k}"] = float(full[k] - zero[k]) if both else None
