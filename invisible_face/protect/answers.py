@@ -27,12 +27,11 @@ from invisible_face.protect.frame import to_frame
 from invisible_face.protect.protector import Protector, generator_bound, protector_config
 
 
-def params_protector(cfg: dict[str, Any], generator: Generator | None, surrogate: torch.nn.Module | None = None,
-                     models: str | Path | None = None) -> Protector:
-    """The protector of params ``cfg`` in memory (no export): the classifiers stage's surrogate (from
-    ``models``, default artifacts/classifiers/models) and ``generator`` (None: it starts from zero)."""
-    if surrogate is None:
-        surrogate = load_surrogate(cfg, models) if models is not None else load_surrogate(cfg)
+def params_protector(cfg: dict[str, Any], generator: Generator | None, surrogate: torch.nn.Module | None = None
+                     ) -> Protector:
+    """The protector of params ``cfg`` in memory (no export): ``surrogate`` (default: the classifiers
+    stage's, from artifacts/classifiers/models) and ``generator`` (None: it starts from zero)."""
+    surrogate = load_surrogate(cfg) if surrogate is None else surrogate
     protector = Protector(protector_config(cfg, generator, surrogate), generator, surrogate)
     return protector.variant({"start": "generator" if generator is not None else "zero"})
 
