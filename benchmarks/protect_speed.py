@@ -41,6 +41,7 @@ from invisible_face.evaluate.attacks import baseline_attack
 from invisible_face.evaluate.evaluation import TestSet, face_naturalness, score
 from invisible_face.method.ldman_training import chip_masks
 from invisible_face.method.recompression import jpeg
+from invisible_face.method.refine import bf16_native
 from invisible_face.metrics import mosr, psnr, ssim
 from invisible_face.models.classifiers import classifier_path, models_dir
 from invisible_face.models.embedding_adversary import EmbeddingAdversary, chip_embeddings
@@ -191,6 +192,7 @@ def main() -> None:
     print(f"refinement steps a face: mean {steps.mean():.2f} (batch {deployed})")
     passes = {kind: {b: pass_ms_per_face(protector.surrogate, b, kind == "bfloat16") for b in (1, 4, 8, 16)}
               for kind in ("float32", "bfloat16")}
+    print(f"bfloat16 instructions on this CPU: {bf16_native('cpu')} (refine.bf16_min_batch applies only then)")
     print("ensemble forward + backward, ms a face by batch: " + "; ".join(
         f"{b}: float32 {passes['float32'][b]:.1f}, bf16 {passes['bfloat16'][b]:.1f}" for b in passes["float32"]))
     names = ("ms_per_face_mean", "mosr", "ssim", "psnr", "mosr_after_jpeg75", "face_ssim", "face_psnr",

@@ -20,8 +20,11 @@ def machine() -> dict[str, Any]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
+    from invisible_face.method.refine import bf16_native
+
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "bf16_native": bf16_native("cpu")}  # bfloat16 instructions: refine.bf16_min_batch applies
 
 
 def write_results(name: str, figures: dict[str, Any], folder: Path = RESULTS) -> Path:

@@ -69,6 +69,12 @@ def test_the_recheck_replaces_a_bfloat16_call_with_the_float32_one():
     margins, logits = worst_margins(model, x, claimed, classes, None, 0.5, recheck=True)
     assert torch.allclose(margins, attribute_margins(exact, classes))
     assert torch.allclose(logits["b"], exact["b"])
+    # a face at its last check is asked again even where the bfloat16 pass called it not fooled
+    denied = {k: torch.where(c, 50.0, -50.0) for k, c in classes.items()}
+    last = torch.tensor([True, False, False, True])
+    margins, logits = worst_margins(model, x, denied, classes, None, 0.5, recheck=last)
+    assert torch.allclose(margins[last], attribute_margins(exact, classes)[last])
+    assert torch.equal(logits["b"][~last], denied["b"][~last])
 
 
 def test_protect_photos_batches_faces_of_several_photos(tiny_protector, photos):

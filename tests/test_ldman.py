@@ -261,8 +261,8 @@ def spy_refinement(monkeypatch):
     calls = []  # per call: the sets it steered away from and the steps it took (its first check is G's)
     real = protector_module.refine_perturbation
 
-    def spy(model, images, delta, mask, classes, settings, budget=None, project=None, identity=None):
-        result = real(model, images, delta, mask, classes, settings, budget, project, identity)
+    def spy(model, images, delta, mask, classes, settings, *rest):
+        result = real(model, images, delta, mask, classes, settings, *rest)
         calls.append({"classes": classes, "steps": int(result[3][0])})
         return result
 

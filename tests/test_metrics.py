@@ -62,3 +62,15 @@ def test_mosr_by_count_averages_every_subset():
     by_count = mosr_by_count(preds, LABELS)
     assert by_count[1] == pytest.approx((0.75 + 0.75) / 2)
     assert by_count[2] == pytest.approx(mosr(preds, LABELS)) == pytest.approx(0.5)
+
+
+def test_ssim_map_equals_kornia_and_drops_with_noise():
+    import kornia
+
+    from invisible_face.metrics import ssim_map
+    torch.manual_seed(0)
+    clean = torch.rand(2, 3, 30, 44)
+    noisy = (clean + 0.3 * torch.randn_like(clean)).clamp(0, 1)
+    ours = ssim_map(clean, noisy)
+    assert torch.allclose(ours, kornia.metrics.ssim(clean, noisy, 11, max_val=1.0), atol=1e-4)
+    assert ours.mean() < 0.9

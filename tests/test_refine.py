@@ -197,3 +197,33 @@ def test_survive_round_trip_runs_only_on_faces_already_past_the_margin():
     with torch.no_grad():
         worst_margins(model, x, logits, flipped, survive, stop_margin=0.0)
     assert seen == [4]
+
+
+def test_patience_stops_a_stalled_push_early_and_keeps_the_widest_fooled_step():
+    model, x, classes = _tiny_case(4)
+    args = (model, x, torch.zeros_like(x), torch.ones(4, 1, 16, 16), classes)
+    kwargs = dict(steps=60, step_size=0.25, stop_margin=0.5, push_margin=1e6)  # the push never arrives
+    _, fooled_all_steps, _, taken_all = refine_perturbation(*args, RefineSettings(0.2, **kwargs))
+    delta, fooled, final, taken = refine_perturbation(*args, RefineSettings(0.2, **kwargs, patience=2))
+    assert torch.equal(fooled, fooled_all_steps) and fooled.any()
+    assert (taken[fooled] < taken_all[fooled]).all()  # it left before the 60 steps
+    margins = _worst_margin(model, x + delta, classes)
+    assert (margins[fooled] < -0.5).all()
+    with torch.no_grad():
+        after = model(x + delta)
+    assert all(torch.allclose(after[k], final[k], atol=1e-5) for k in after)  # the logits are of the kept step
+
+
+def test_a_window_steps_the_faces_a_few_at_a_time_with_the_same_result():
+    model, x, classes = _tiny_case(9, n=5)
+    args = (model, x, torch.zeros_like(x), torch.ones(5, 1, 16, 16), classes,
+            RefineSettings(0.2, steps=30, step_size=0.25, stop_margin=0.5, momentum=0.5))
+    together, fooled, _, taken = refine_perturbation(*args)
+    seen = []
+    def counted(images):
+        seen.append(len(images))
+        return model(images)
+    windowed, fooled_w, _, taken_w = refine_perturbation(counted, *args[1:], window=2)
+    assert max(seen) <= 2 and len(seen) > 2
+    assert torch.equal(fooled, fooled_w) and torch.equal(taken, taken_w)
+    assert torch.allclose(together, windowed, atol=1e-5)

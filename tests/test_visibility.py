@@ -2,9 +2,11 @@ import pytest
 import torch
 
 from invisible_face.method.visibility import (
+    CleanFaces,
     ciede2000,
     colour_bound,
     face_ssim,
+    face_ssim_along,
     grey_levels,
     jnd_bound,
     jnd_map,
@@ -86,6 +88,7 @@ def test_scale_to_face_ssim_meets_the_target_and_leaves_a_face_under_it_alone():
     clean, mask = torch.rand(2, 3, 32, 32) * 0.5 + 0.25, torch.ones(2, 1, 32, 32)
     delta = 0.1 * torch.randn_like(clean)
     delta[1] *= 0.01
+    delta = (clean + delta).clamp(0, 1) - clean  # a change inside the image range, as the refinement's
     scaled = scale_to_face_ssim(clean, delta, mask, 0.9)
     after = face_ssim(clean, (clean + scaled).clamp(0, 1), mask)
     assert after[0] >= 0.9 and after[0] < 0.93  # the largest share that keeps the target, within bisection steps
@@ -162,3 +165,22 @@ def test_colour_bound_is_zero_on_skin_grain_and_large_in_texture():
     assert colour[..., :10].max() == 0  # no texture to hide a change of colour
     assert colour[..., 22:].min() > 0.05
     assert (colour <= 24 / 255).all()
+
+
+def test_face_ssim_along_a_change_equals_face_ssim_of_the_scaled_change():
+    torch.manual_seed(3)
+    clean = torch.rand(3, 3, 40, 40) * 0.6 + 0.2
+    delta = (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1) - clean
+    mask = torch.zeros(3, 1, 40, 40)
+    mask[0, :, 5:30, 8:35], mask[1, :, 10:40, 0:20], mask[2] = 1, 1, 1  # boxes of different sizes
+    along = face_ssim_along(clean, delta, mask)
+    for share in (1.0, 0.6, 0.1):
+        shares = torch.tensor([share, share / 2, share])
+        direct = face_ssim(clean, clean + shares.view(-1, 1, 1, 1) * delta, mask)
+        assert torch.allclose(along(shares), direct, atol=1e-5)
+    kept = CleanFaces.of(clean, mask)  # the clean faces' moments taken once, as the refinement keeps them
+    shares = torch.tensor([0.7, 0.3, 1.0])
+    assert torch.allclose(face_ssim_along(clean, delta, mask, kept)(shares), along(shares), atol=1e-5)
+    index = torch.tensor([2, 0])
+    assert torch.allclose(face_ssim_along(clean[index], delta[index], mask[index], kept[index])(shares[index]),
+                          along(shares)[index], atol=1e-5)

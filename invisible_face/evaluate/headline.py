@@ -54,8 +54,8 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
             out[f"identity_kept_{preset}"] = results[f"invisible_face_{preset}"].get("identity_kept")
     out |= {k: p[k] for k in ("face_ssim", "face_psnr", "texture_ratio", "skin_delta_e") if k in p}
     # the variants a change is judged against, beside it: <variant>_<figure> (from_zero: on the test chips)
-    for variant in ("variant_chips", "keep_identity", "uniform", "slow", "one_by_one", "from_zero", "g_steps_1",
-                    "g_steps_2", "g_steps_4"):
+    for variant in ("variant_chips", "keep_identity", "uniform", "slow", "one_by_one", "full_steps", "from_zero",
+                    "g_steps_1", "g_steps_2", "g_steps_4"):
         row = results.get(f"invisible_face_{variant}")
         if row is not None:
             figures = {k: row[k] for k in ("mosr", "ssim", "psnr", "face_ssim", "face_psnr", "texture_ratio",
@@ -65,6 +65,10 @@ def headline(results: dict, robust: dict, records: list, members: list[str], pat
     if "one_by_one_mosr" in out and "variant_chips_mosr" in out:  # batches and bfloat16 against the path before
         out |= {f"batched_minus_one_by_one_{k}": out[f"variant_chips_{k}"] - out[f"one_by_one_{k}"]
                 for k in ("known_backbone_fooled_mean", "mosr", "zoo_fooled_mean") if f"one_by_one_{k}" in out}
+    if "full_steps_mosr" in out and "variant_chips_mosr" in out:  # this cheaper steps against the steps before
+        out |= {f"deployed_minus_full_steps_{k}": out[f"variant_chips_{k}"] - out[f"full_steps_{k}"]
+                for k in ("known_backbone_fooled_mean", "mosr", "zoo_fooled_mean", "ms_per_image")
+                if f"full_steps_{k}" in out}
     after = robust.get("invisible_face", {})
     for column in [c.removeprefix("mosr_after_") for c in after if c.startswith("mosr_after_")]:
         if p["mosr"] > 0:

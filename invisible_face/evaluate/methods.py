@@ -46,6 +46,10 @@ VARIANTS = {
                                False),
     # the path before batches: one face at a time, every pass in float32 (the batched path's reach is held to it)
     "invisible_face_one_by_one": ({"batch_size": 1, "refine": {"bf16_min_batch": None}}, False),
+    # the steps before the throughput work: every pass in float32, the gradient through the differentiable JPEG
+    # too, and the push to the last step (what jpeg_gradient off, patience and bfloat16 cost in reach)
+    "invisible_face_full_steps": ({"refine": {"jpeg_gradient": True, "patience": None, "bf16_min_batch": None}},
+                                  False),
     # the slow step schedule this one replaced: 20 small steps, no momentum, the gradient through a JPEG too
     "invisible_face_slow": ({"refine": {"steps": 20, "step_size": 0.3, "momentum": 0.0, "jpeg_gradient": True}},
                             False),

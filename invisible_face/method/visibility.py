@@ -18,11 +18,13 @@ two are compared at matched visibility (the evaluate stage's frontier).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import kornia
 import torch
 
-from invisible_face.metrics import ssim
+from invisible_face.filters import gaussian_blur
+from invisible_face.metrics import SSIM_SIGMA, SSIM_WINDOW, ssim_from_moments, ssim_map
 
 # (images, delta, index of those faces in the batch the projection was built for) -> delta
 Projection = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -99,52 +101,132 @@ def box_of(mask: torch.Tensor) -> tuple[slice, slice]:
     return slice(int(ys.min()), int(ys.max()) + 1), slice(int(xs.min()), int(xs.max()) + 1)
 
 
+def box_weights(masks: torch.Tensor) -> torch.Tensor:
+    """1 / (its pixel count) inside each mask's bounding box (:func:`box_of`), 0 outside: a weighted sum
+    with it is the mean over the box. B x 1 x H x W -> same."""
+    weights = torch.zeros_like(masks)
+    for w, m in zip(weights, masks):
+        rows, cols = box_of(m)
+        w[:, rows, cols] = 1.0
+    return weights / weights.flatten(1).sum(1).view(-1, 1, 1, 1)
+
+
+def union_window(masks: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[slice, slice]:
+    """The rows and columns that the SSIM of every face box (:func:`box_of`) reads: the union of the
+    boxes grown by the SSIM window's radius (inside the image). B x 1 x H x W (``weights``: their
+    :func:`box_weights`, when known) -> (rows, columns)."""
+    rows, cols = box_of(((box_weights(masks) if weights is None else weights) > 0).any(0).float())
+    h, w, r = masks.shape[-2], masks.shape[-1], SSIM_WINDOW // 2
+    return (slice(max((rows.start or 0) - r, 0), min((rows.stop or h) + r, h)),
+            slice(max((cols.start or 0) - r, 0), min((cols.stop or w) + r, w)))
+
+
 def face_ssim(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """SSIM (:func:`invisible_face.metrics.ssim`) over the bounding box of each face mask: the visibility
-    the perceptual target holds and the evaluation reports.
+    """SSIM over the bounding box of each face mask (the SSIM map, :func:`ssim_map`, averaged over the
+    box, the pixels around it being the window's neighbours): the visibility the perceptual target
+    holds and the evaluation reports. Only :func:`union_window` is filtered.
     clean, protected: B x 3 x H x W; masks: B x 1 x H x W -> B."""
-    boxes = [box_of(m) for m in masks]
-    return torch.cat([ssim(c[None, :, rows, cols], x[None, :, rows, cols])
-                      for c, x, (rows, cols) in zip(clean, protected, boxes)])
+    rows, cols = union_window(masks)
+    weights = box_weights(masks)[..., rows, cols]
+    return (ssim_map(clean[..., rows, cols], protected[..., rows, cols]) * weights).flatten(1).sum(1) / clean.shape[1]
+
+
+@dataclass(frozen=True)
+class CleanFaces:
+    """What :func:`face_ssim_along` needs of the clean faces, whatever the change: each face box's
+    weights (:func:`box_weights`) and the clean image's local mean and variance under the SSIM window,
+    over the whole image (the values inside every box are those of a blur of the box's window alone).
+    Taken once for a batch, they serve every step of the refinement."""
+
+    weights: torch.Tensor  # B x 1 x H x W
+    mean: torch.Tensor     # B x 3 x H x W
+    var: torch.Tensor      # B x 3 x H x W
+
+    @classmethod
+    def of(cls, images: torch.Tensor, masks: torch.Tensor) -> "CleanFaces":
+        """images: B x 3 x H x W; masks: B x 1 x H x W."""
+        mean = gaussian_blur(images, SSIM_SIGMA, SSIM_WINDOW)
+        return cls(box_weights(masks), mean, gaussian_blur(images * images, SSIM_SIGMA, SSIM_WINDOW) - mean**2)
+
+    def __getitem__(self, index: torch.Tensor) -> "CleanFaces":
+        return CleanFaces(self.weights[index], self.mean[index], self.var[index])
+
+
+def face_ssim_along(images: torch.Tensor, delta: torch.Tensor, masks: torch.Tensor, clean: CleanFaces | None = None
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """share -> :func:`face_ssim` of ``images + share * delta``, for shares in [0, 1], by closed form:
+    the local moments of a change scaled along its own direction are polynomials in the share
+    (mean_b = mean_a + s mean_d, cov = var_a + s cov_ad, var_b = var_a + 2 s cov_ad + s^2 var_d), so
+    three blurs of the change (with ``clean``: the clean faces' own, :class:`CleanFaces`, else taken
+    here) serve every share tried. ``images + delta`` must lie in [0, 1] (then every share's does,
+    and no clamp is lost). images, delta: B x 3 x H x W; masks: B x 1 x H x W -> (B shares -> B)."""
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(x, SSIM_SIGMA, SSIM_WINDOW)
+
+    rows, cols = union_window(masks, None if clean is None else clean.weights)
+    images, delta = images[..., rows, cols], delta[..., rows, cols]
+    if clean is None:
+        clean = CleanFaces.of(images, masks[..., rows, cols])
+    else:
+        clean = CleanFaces(*(t[..., rows, cols] for t in (clean.weights, clean.mean, clean.var)))
+    mean_a, var_a, weights = clean.mean, clean.var, clean.weights
+    mean_d = blur(delta)
+    cov_ad = blur(images * delta) - mean_a * mean_d
+    var_d = blur(delta * delta) - mean_d**2
+
+    def at(share: torch.Tensor) -> torch.Tensor:
+        s = share.view(-1, 1, 1, 1)
+        ssim_of_share = ssim_from_moments(mean_a, mean_a + s * mean_d, var_a, var_a + 2 * s * cov_ad + s * s * var_d,
+                                          var_a + s * cov_ad)
+        return (ssim_of_share * weights).flatten(1).sum(1) / images.shape[1]
+    return at
 
 
 def scale_to_face_ssim(images: torch.Tensor, delta: torch.Tensor, masks: torch.Tensor, target: float,
-                       iterations: int = 4, slack: float = 0.03) -> torch.Tensor:
+                       iterations: int = 4, slack: float = 0.03, clean: CleanFaces | None = None) -> torch.Tensor:
     """Each face's change scaled down along its own direction to the largest share that keeps its face
     SSIM at least ``target`` (unchanged where it already does): the projection that sets each face's
     ``k``. A small change costs SSIM quadratically, so each try rescales by sqrt(allowed / measured
-    loss) (secant steps on a quadratic, not a bisection: two or three SSIM passes a face, a few ms
-    each, no network pass), stopping within ``slack`` of the allowed loss; the largest share that met
-    the target wins. images, delta: B x 3 x H x W; masks: B x 1 x H x W -> B x 3 x H x W."""
+    loss) (secant steps on a quadratic, not a bisection), stopping within ``slack`` of the allowed
+    loss; the largest share that met the target wins. Every try is a closed form on blurs taken
+    once (:func:`face_ssim_along`; ``clean``: these faces' :class:`CleanFaces`, when the caller keeps
+    them). ``images + delta`` in [0, 1].
+    images, delta: B x 3 x H x W; masks: B x 1 x H x W -> B x 3 x H x W."""
     allowed = 1 - target
     with torch.no_grad():
-        loss = 1 - face_ssim(images, (images + delta).clamp(0, 1), masks)
+        ssim_at = face_ssim_along(images, delta, masks, clean)
+        loss = 1 - ssim_at(torch.ones(len(images)))
         over = loss > allowed
         if not over.any():
             return delta
-        x, d, m, loss = images[over], delta[over], masks[over], loss[over]
-        share, best = torch.ones(len(x)), torch.zeros(len(x))
+        # a face under the target keeps share 1 throughout (its rows cost an elementwise pass, no blur)
+        share, best = torch.ones(len(images)), torch.where(over, 0.0, 1.0)
         for _ in range(iterations):
-            share = (share * (allowed / loss.clamp_min(1e-12)).sqrt() * (1 - slack / 4)).clamp(max=1.0)
-            loss = 1 - face_ssim(x, (x + share.view(-1, 1, 1, 1) * d).clamp(0, 1), m)
+            share = torch.where(over, share * (allowed / loss.clamp_min(1e-12)).sqrt() * (1 - slack / 4), 1.0)
+            share = share.clamp(max=1.0)
+            loss = 1 - ssim_at(share)
             best = torch.where(loss <= allowed, torch.maximum(best, share), best)
-            if (best > 0).all() and (loss >= (1 - slack) * allowed).all():
+            if (best > 0).all() and (loss[over] >= (1 - slack) * allowed).all():
                 break
-        delta = delta.clone()
-        delta[over] = best.view(-1, 1, 1, 1) * d
-    return delta
+    return best.view(-1, 1, 1, 1) * delta
 
 
 def perceptual_projection(masks: torch.Tensor, chroma_bound: torch.Tensor | None,
-                          target: float | None) -> Projection:
+                          target: float | None, images: torch.Tensor | None = None) -> Projection:
     """The perceptual constraints a step is projected back into, besides the per-pixel bound: the
     colour part under ``chroma_bound`` (B x 1 x H x W; None: no separate colour bound), then the whole
-    change scaled to the face-SSIM ``target`` (None: no target). -> (images, delta, index) -> delta,
-    for the faces ``index`` of the batch (the refinement drops faces from its batch as they finish)."""
+    change scaled to the face-SSIM ``target`` (None: no target). ``images``: the batch's clean faces,
+    whose SSIM moments are then taken once here (:class:`CleanFaces`) instead of at every step.
+    -> (images, delta, index) -> delta, for the faces ``index`` of the batch (the refinement steps a
+    changing subset of its batch)."""
+    clean = CleanFaces.of(images, masks) if images is not None and target is not None else None
+
     def project(images: torch.Tensor, delta: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         if chroma_bound is not None:
             delta = (images + limit_chroma(delta, chroma_bound[index])).clamp(0, 1) - images
-        return scale_to_face_ssim(images, delta, masks[index], target) if target is not None else delta
+        if target is None:
+            return delta
+        return scale_to_face_ssim(images, delta, masks[index], target, clean=None if clean is None else clean[index])
     return project
 
 

@@ -49,6 +49,7 @@ from invisible_face.protect.frame import box_from_frame, frame_points, from_fram
 # 11: the params' own sections (protector verbatim), the working frame and batches
 FORMAT_VERSION = 12
 PATHS = ("generator", "refined", "not_protected")
+CHUNK_BATCHES = 4  # batches of faces a protect_frames call holds: the refinement keeps ``batch_size`` stepping
 
 
 @dataclass
@@ -335,11 +336,11 @@ class Protector:
         for tried, mask in enumerate(passes):
             mask = mask[todo]
             chroma_bound = None if colour is None else epsilon * colour[todo] * mask
-            project = perceptual_projection(mask, chroma_bound, self.settings["visibility"]["face_ssim"])
+            project = perceptual_projection(mask, chroma_bound, self.settings["visibility"]["face_ssim"], frames[todo])
             identity = None if clean is None else self._identity(clean[todo])
             sets = {k: c[todo] for k, c in classes.items()}
             d, fooled, out, taken = refine_perturbation(self.surrogate, frames[todo], delta[todo], mask, sets, settings,
-                                                        budget[todo], project, identity)
+                                                        budget[todo], project, identity, self.settings["batch_size"])
             delta[todo], steps[todo] = d, steps[todo] + taken
             for k, v in out.items():
                 logits.setdefault(k, torch.zeros(n, v.shape[1]))[todo] = v
@@ -360,8 +361,10 @@ class Protector:
 
     def _in_batches(self, frames: torch.Tensor, points: list[np.ndarray], labels: list[dict[str, int]] | None
                     ) -> tuple[list[FaceResult], list[float]]:
-        """protect_frames over ``batch_size`` faces at a time -> (results, each face's share of its batch's ms)."""
-        size = self.settings["batch_size"]
+        """protect_frames over ``CHUNK_BATCHES`` batches of faces at a time (the refinement steps
+        ``batch_size`` of them at once and tops its batch up from the rest as faces finish; the chunk
+        bounds the memory) -> (results, each face's share of its chunk's ms)."""
+        size = CHUNK_BATCHES * self.settings["batch_size"]
         results, ms = [], []
         for i in range(0, len(frames), size):
             t0 = time.perf_counter()
