@@ -4,7 +4,8 @@ It loads the export once (a local stem, or a version of the MLflow registry: ``r
 protects photos. Concurrent requests are gathered by ``@serve.batch`` into one call (up to
 ``max_batch_size`` photos), and the faces of all those photos are protected together
 (``Protector.protect_photos``: every face in one working frame, so faces from different requests share
-each forward and backward pass, ``protector.batch_size`` faces at a time). One batch runs per replica
+each forward and backward pass, ``protector.batch_size`` faces stepping at once, the batch topped up
+as faces finish). One batch runs per replica
 at a time, on the replica's one torch thread (no thread oversubscription on small machines), which
 leaves the replica's event loop free for health checks. The batch size each request rode in comes
 back in the ``X-Batch-Size`` header, and ``/healthz`` counts the sizes seen.

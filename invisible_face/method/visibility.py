@@ -135,8 +135,8 @@ def face_ssim(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor)
 class CleanFaces:
     """What :func:`face_ssim_along` needs of the clean faces, whatever the change: each face box's
     weights (:func:`box_weights`) and the clean image's local mean and variance under the SSIM window,
-    over the whole image (the values inside every box are those of a blur of the box's window alone).
-    Taken once for a batch, they serve every step of the refinement."""
+    over the whole image (inside the boxes they equal those of the blur of :func:`union_window` alone,
+    which :func:`face_ssim` takes). Taken once for a batch, they serve every step of the refinement."""
 
     weights: torch.Tensor  # B x 1 x H x W
     mean: torch.Tensor     # B x 3 x H x W
