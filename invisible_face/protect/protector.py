@@ -73,7 +73,7 @@ class FaceRecord:
     region: list[float]
     detected: bool
     score: float
-    ms: float  # its share of its batch's wall time (detection not included)
+    ms: float  # its share of its chunk's wall time (detection not included; CHUNK_BATCHES)
     path: str = "not_protected"  # which step protected it: one of PATHS
     steps: int = 0  # refinement steps it took (0: G's output was protected as it came)
     predicted_before: dict[str, int] = field(default_factory=dict)
