@@ -283,8 +283,9 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
     survive, target, rms = s.survive(), s.target, s.rms
     generator = torch.Generator().manual_seed(0)
     kept = delta.clone()  # the step that fooled each face by the widest margin
-    was_fooled, reached = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
-    best, best_fooled = torch.full((n,), math.inf), torch.full((n,), math.inf)  # lowest worst margins so far
+    reached = torch.zeros(n, dtype=torch.bool)
+    # lowest worst margins so far, and among the fooled steps (finite: the face was fooled at some step)
+    best, best_fooled = torch.full((n,), math.inf), torch.full((n,), math.inf)
     since_best = torch.zeros(n, dtype=torch.int64)  # steps since a face's margin last improved
     velocity = torch.zeros_like(delta)
     taken = torch.zeros(n, dtype=torch.int64)
@@ -321,11 +322,10 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         best_fooled[active] = torch.where(wider, worst, best_fooled[active])
         since_best[active] = torch.where(worst < best[active], 0, since_best[active] + 1)
         best[active] = torch.minimum(best[active], worst)
-        was_fooled[active] |= now_fooled
         reached[active] = now_reached
         # a face leaves at the push margin, after its last step, or when the push has stalled (``patience``)
-        stalled = (since_best[active] >= s.patience) & was_fooled[active] if s.patience is not None else \
-            torch.zeros_like(last)
+        stalled = torch.zeros_like(last) if s.patience is None else \
+            (since_best[active] >= s.patience) & best_fooled[active].isfinite()
         stepping = ~(now_reached | last | stalled)
         if stepping.any():
             # the push starts once a face is past the stop: until then its hardest attribute gets the gradient
@@ -343,6 +343,7 @@ def refine_perturbation(model: nn.Module, images: torch.Tensor, delta: torch.Ten
         free = window - int(stepping.sum())
         active, queue = torch.cat([active[stepping], queue[:free]]), queue[free:]
     delta = delta.detach()
+    was_fooled = best_fooled.isfinite()
     fall_back = was_fooled & ~reached  # fooled, short of the push: its widest fooled step
     if fall_back.any():
         delta = torch.where(fall_back.view(-1, 1, 1, 1), kept, delta)

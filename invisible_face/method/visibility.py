@@ -111,12 +111,11 @@ def box_weights(masks: torch.Tensor) -> torch.Tensor:
     return weights / weights.flatten(1).sum(1).view(-1, 1, 1, 1)
 
 
-def union_window(masks: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[slice, slice]:
-    """The rows and columns that the SSIM of every face box (:func:`box_of`) reads: the union of the
-    boxes grown by the SSIM window's radius (inside the image). B x 1 x H x W (``weights``: their
-    :func:`box_weights`, when known) -> (rows, columns)."""
-    rows, cols = box_of(((box_weights(masks) if weights is None else weights) > 0).any(0).float())
-    h, w, r = masks.shape[-2], masks.shape[-1], SSIM_WINDOW // 2
+def union_window(weights: torch.Tensor) -> tuple[slice, slice]:
+    """The rows and columns that the SSIM of every face box reads: the union of the boxes grown by the
+    SSIM window's radius (inside the image). :func:`box_weights` B x 1 x H x W -> (rows, columns)."""
+    rows, cols = box_of((weights > 0).any(0).float())
+    h, w, r = weights.shape[-2], weights.shape[-1], SSIM_WINDOW // 2
     return (slice(max((rows.start or 0) - r, 0), min((rows.stop or h) + r, h)),
             slice(max((cols.start or 0) - r, 0), min((cols.stop or w) + r, w)))
 
@@ -126,8 +125,9 @@ def face_ssim(clean: torch.Tensor, protected: torch.Tensor, masks: torch.Tensor)
     box, the pixels around it being the window's neighbours): the visibility the perceptual target
     holds and the evaluation reports. Only :func:`union_window` is filtered.
     clean, protected: B x 3 x H x W; masks: B x 1 x H x W -> B."""
-    rows, cols = union_window(masks)
-    weights = box_weights(masks)[..., rows, cols]
+    weights = box_weights(masks)
+    rows, cols = union_window(weights)
+    weights = weights[..., rows, cols]
     return (ssim_map(clean[..., rows, cols], protected[..., rows, cols]) * weights).flatten(1).sum(1) / clean.shape[1]
 
 
@@ -163,10 +163,12 @@ def face_ssim_along(images: torch.Tensor, delta: torch.Tensor, masks: torch.Tens
     def blur(x: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(x, SSIM_SIGMA, SSIM_WINDOW)
 
-    rows, cols = union_window(masks, None if clean is None else clean.weights)
+    weights = box_weights(masks) if clean is None else clean.weights
+    rows, cols = union_window(weights)
     images, delta = images[..., rows, cols], delta[..., rows, cols]
-    if clean is None:
-        clean = CleanFaces.of(images, masks[..., rows, cols])
+    if clean is None:  # the window's own blur: inside the boxes, the same as the whole image's
+        mean = blur(images)
+        clean = CleanFaces(weights[..., rows, cols], mean, blur(images * images) - mean**2)
     else:
         clean = CleanFaces(*(t[..., rows, cols] for t in (clean.weights, clean.mean, clean.var)))
     mean_a, var_a, weights = clean.mean, clean.var, clean.weights
